@@ -1,0 +1,1 @@
+"""emosae, using side: feature statistics, clamping and steering, emotion vectors, the browser."""

@@ -1,0 +1,1 @@
+"""emosae, labeling: emotion corpora, feature labels and their scores, emotion geometry."""

