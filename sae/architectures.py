@@ -73,7 +73,8 @@ class SparseAutoencoder(nn.Module):
         return self.cfg.hook_name
 
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.to(self.W_enc.dtype) - self.b_dec) @ self.W_enc + self.b_enc
+        x = x.to(self.W_enc.dtype) - self.b_dec  # addmm: one pass over the [n, d_sae] output
+        return torch.addmm(self.b_enc, x.reshape(-1, x.shape[-1]), self.W_enc).reshape(*x.shape[:-1], -1)
 
     def activation(self, pre: torch.Tensor) -> torch.Tensor:
         arch = self.cfg.arch

@@ -40,6 +40,7 @@ class CacheWriter:
         self._acts: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
         self._index: list[torch.Tensor] = []
         self._rows: list[torch.Tensor] = []
+        self._docs: list[torch.Tensor] = []  # segment ids per token, so contexts stop at document ends
         self._pending = 0
 
     def add(self, chunk: ActivationChunk) -> None:
@@ -49,6 +50,7 @@ class CacheWriter:
             self._acts[h].append(chunk.acts[h].to(DTYPES[self.dtype]).cpu())
         self._index.append(chunk.index.to(torch.int64) + offset)
         self._rows.append(rows.to(torch.int32))
+        self._docs.append(chunk.batch.doc_ids.to(torch.int64).cpu())
         self.n_rows += rows.shape[0]
         self._pending += chunk.n
         if self._pending >= self.shard_tokens:
@@ -61,13 +63,14 @@ class CacheWriter:
         tensors = {f"acts.{h}": torch.cat(v) for h, v in self._acts.items()}
         tensors["index"] = torch.cat(self._index)
         tensors["rows"] = torch.cat(self._rows)
+        tensors["doc_ids"] = torch.cat(self._docs)
         with atomic_path(self.dir / name) as tmp:
             save_file(tensors, str(tmp))
         self.shards.append({"file": name, "n": self._pending,
                             "row_offset": self.n_rows - tensors["rows"].shape[0]})
         self.n_tokens += self._pending
         self._acts = {h: [] for h in self.hooks}
-        self._index, self._rows, self._pending = [], [], 0
+        self._index, self._rows, self._docs, self._pending = [], [], [], 0
 
     def close(self) -> dict:
         self._flush()

@@ -1,4 +1,4 @@
-"""Verbs owned by `sae/`: harvest (and train, registered by the trainer module)."""
+"""Verbs owned by `sae/`: harvest and train."""
 
 from __future__ import annotations
 
@@ -24,6 +24,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the manifest as JSON on stdout")
     p.set_defaults(func=_harvest)
 
+    p = sub.add_parser("train", help="train SAEs on a model's activations (YAML config; torchrun for several GPUs)",
+                       description="Train one SAE (sae:) or several from one pass of the model (saes:). "
+                                   "Data-parallel: torchrun --nproc_per_node N -m sae.cli train --config FILE")
+    p.add_argument("--config", help="YAML config (see configs/)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.lr=3e-4 --set sae.k=64 (repeatable)")
+    p.add_argument("--run", help="run directory to create (default: runs/<config name>-<time>)")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its latest checkpoint")
+    p.add_argument("--json", action="store_true", help="print the final metrics as one JSON document")
+    p.set_defaults(func=_train)
+
 
 
 def _harvest(args: argparse.Namespace) -> int:
@@ -37,3 +48,39 @@ def _harvest(args: argparse.Namespace) -> int:
     if args.json:
         print_json(manifest)
     return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from sae.cli import print_json
+    from sae.config import load_config
+    from sae.errors import UserError
+    from sae.trainer import resume, train
+
+    if args.resume:
+        if args.config or args.set or args.run:
+            raise UserError("--resume takes the config and run directory from RUN; drop --config, --set and --run")
+        metrics = resume(args.resume)
+    else:
+        if not args.config:
+            raise UserError("give --config FILE (see configs/) or --resume RUN")
+        cfg = load_config(args.config, args.set)
+        run = args.run or f"runs/{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+        metrics = train(cfg, run)
+    if args.json and _is_main():
+        print_json(_without_history(metrics))
+    return 0
+
+
+def _is_main() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _without_history(m: dict) -> dict:
+    if "saes" in m:
+        return {**m, "saes": {n: _without_history(v) for n, v in m["saes"].items()}}
+    return {k: v for k, v in m.items() if k != "history"}

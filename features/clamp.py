@@ -1,0 +1,433 @@
+"""Clamp SAE features (or add emotion vectors) inside a plain Hugging Face model, `generate()` and
+its KV cache included.
+
+    run = load_run("runs/demo")                       # SAE + labels + max_act + mean_resid_norm + vectors
+    with clamp(lm.model, run, {"happy": "4x", 812: "ablate"}, scope="generated"):
+        out = lm.model.generate(**inputs, max_new_tokens=40)
+
+At the SAE's hook the residual x gets x + sum_i (new_i - current_i) * W_dec[i]: the SAE's
+reconstruction error is kept, only the chosen features move, and an unchanged value is an exact
+no-op. Modes: `set` (the Golden Gate clamp, default), `add` (add to the activation), `scale`
+(multiply it), `ablate` (set it to 0). Emotion vectors are `add`-only edits along a unit vector.
+Strengths are `features.units` strings: `8.0`, `4x` (of max_act), `0.05r` (of mean_resid_norm).
+
+Positions: each forward's tokens get absolute positions from the KV cache's length, so `scope`
+("all" | "prompt" | "generated") holds during cached generation; the prompt is the first forward
+of a sequence (or `prompt_len=` when scoring a prompt+continuation in one forward)."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from features.units import Strength, parse_strength
+from sae.architectures import find_sae_dir, load_sae
+from sae.errors import UserError
+from sae.hooks import HookPoint, add_hook, parse_hook
+
+log = logging.getLogger("emosae")
+
+MODES = ("set", "add", "scale", "ablate")
+SCOPES = ("all", "prompt", "generated")
+
+
+# --- what a run gives the clamp ------------------------------------------------------------------
+@dataclass
+class RunAssets:
+    """Everything clamping reads from a run directory; any part but the SAE may be missing."""
+
+    sae: Any
+    path: Path | None = None
+    labels: dict | None = None
+    max_act: torch.Tensor | None = None  # [d_sae]
+    mean_resid_norm: float | None = None
+    vectors: dict[int, tuple[list[str], torch.Tensor]] = field(default_factory=dict)  # layer -> (emotions, [n, d])
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> RunAssets:
+    """Load RUN/sae plus whichever of labels.json, features/stats.safetensors (max_act),
+    metrics.json (mean_resid_norm) and vectors/vectors.safetensors exist."""
+    from safetensors import safe_open
+
+    sae_dir = find_sae_dir(run_dir)
+    root = sae_dir.parent if sae_dir.name == "sae" else sae_dir
+    assets = RunAssets(sae=load_sae(sae_dir, device), path=root)
+    if (root / "labels.json").exists():
+        assets.labels = json.loads((root / "labels.json").read_text())
+    stats = root / "features" / "stats.safetensors"
+    if stats.exists():
+        with safe_open(str(stats), "pt") as f:
+            if "max_act" in f.keys():
+                assets.max_act = f.get_tensor("max_act").float()
+    if (root / "metrics.json").exists():
+        value = json.loads((root / "metrics.json").read_text()).get("mean_resid_norm")
+        assets.mean_resid_norm = float(value) if value is not None else None
+    if (root / "vectors" / "vectors.safetensors").exists():
+        from features.vectors import load_vectors
+
+        emotions, by_layer = load_vectors(root)
+        assets.vectors = {layer: (emotions, mat) for layer, mat in by_layer.items()}
+    return assets
+
+
+def sae_hook_name(sae: Any) -> str:
+    """Hook name of an emosae SAE (`cfg.hook_name`) or a SAELens one (`cfg.metadata.hook_name`)."""
+    cfg = getattr(sae, "cfg", None)
+    name = getattr(cfg, "hook_name", None)
+    if not name:
+        meta = getattr(cfg, "metadata", None)
+        name = meta.get("hook_name") if isinstance(meta, dict) else getattr(meta, "hook_name", None)
+    if not name:
+        raise UserError("the SAE names no hook point (cfg.hook_name / cfg.metadata.hook_name); "
+                        "load it with sae.architectures.load_sae or set its hook name")
+    return name
+
+
+# --- edits ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Edit:
+    """One resolved change at the hook: a feature (index >= 0) or a vector (index None).
+    `value` is the resolved strength: the activation to set/add, the scale factor, or the norm
+    added along a unit vector."""
+
+    name: str  # what the user asked for: "happy", "812", "vector:happy"
+    mode: str
+    strength: Strength | None
+    value: float
+    direction: torch.Tensor  # [d_model], the row the coefficient multiplies
+    feature: int | None = None
+    label: str | None = None
+
+    def describe(self) -> dict:
+        d = {"target": self.name, "kind": "feature" if self.feature is not None else "vector",
+             "mode": self.mode, "strength": None if self.strength is None else str(self.strength),
+             "value": self.value}
+        if self.feature is not None:
+            d.update(feature=self.feature, label=self.label)
+        if self.mode in ("set", "add"):
+            d["residual_norm"] = abs(self.value) * float(self.direction.norm())
+        return d
+
+    def __str__(self) -> str:
+        who = f"feature {self.feature}" + (f" ({self.label})" if self.label else "") if self.feature is not None \
+            else f"vector {self.name.removeprefix('vector:')}"
+        if self.mode == "ablate":
+            return f"{who} ablate"
+        extra = "" if self.strength is None or self.strength.unit == "abs" else f" (={self.value:.3g})"
+        return f"{who} {self.mode}={self.strength}{extra}"
+
+
+def parse_spec(spec: Any, default_mode: str = "set") -> tuple[str, Strength | None]:
+    """A feature's value in the `clamp()` dict -> (mode, strength).
+
+    8.0 | "4x" | "0.05r" (default mode) · "add=0.05r" | "scale=2" | "ablate" · ("add", "4x")."""
+    if isinstance(spec, tuple):
+        if len(spec) == 1 or (len(spec) == 2 and spec[1] is None):
+            mode, raw = spec[0], None
+        elif len(spec) == 2:
+            mode, raw = spec
+        else:
+            raise UserError(f"clamp spec {spec!r} should be (mode, strength)")
+    elif isinstance(spec, str) and re.match(r"\s*[a-zA-Z]", spec) and not re.fullmatch(r"\s*[+-]?(inf|nan)\s*", spec, re.I):
+        mode, _, raw = spec.strip().partition("=")
+        raw = raw or None
+    else:
+        mode, raw = default_mode, spec
+    mode = str(mode).strip().lower()
+    if mode not in MODES:
+        raise UserError(f"unknown clamp mode {mode!r}; use one of {', '.join(MODES)}")
+    if mode == "ablate":
+        if raw not in (None, "", 0, 0.0, "0"):
+            raise UserError(f"ablate takes no strength (got {raw!r}); write FEATURE:ablate")
+        return mode, None
+    if raw is None:
+        raise UserError(f"mode {mode} needs a strength, e.g. {mode}=4x")
+    strength = parse_strength(raw)
+    if mode == "scale" and strength.unit != "abs":
+        raise UserError(f"scale takes a plain factor (e.g. scale=2), not {strength}")
+    return mode, strength
+
+
+def nearest(name: str, choices: Iterable[str], n: int = 5) -> str:
+    choices = sorted(set(choices))
+    close = difflib.get_close_matches(name.lower(), choices, n=n, cutoff=0.5)
+    shown = close or choices[:n]
+    return ", ".join(shown) + ("" if close or len(choices) <= n else ", ...") if shown else "(none)"
+
+
+def resolve_feature(key: int | str, d_sae: int, labels: dict | None) -> tuple[int, str | None]:
+    """A feature index (`812`, "812") or an emotion label from labels.json ("happy" = its top-ranked
+    feature, "happy#2" = the second) -> (index, label)."""
+    if isinstance(key, bool):
+        raise UserError(f"feature {key!r} is neither an index nor a label")
+    if isinstance(key, int) or (isinstance(key, str) and key.strip().lstrip("-").isdigit()):
+        idx = int(key)
+        if not 0 <= idx < d_sae:
+            raise UserError(f"feature index {idx} is out of range: the SAE has features 0..{d_sae - 1}")
+        return idx, _label_of(idx, labels)
+    if not isinstance(key, str):
+        raise UserError(f"feature {key!r} is neither an index nor a label")
+    name, _, rank = key.strip().partition("#")
+    name = name.lower()
+    if labels is None:
+        raise UserError(f"feature {key!r} is a label but there is no labels.json; run `emosae label RUN` "
+                        "or give a feature index")
+    emotions = {k.lower(): v for k, v in (labels.get("emotions") or {}).items()}
+    ranked = [e["feature"] for e in emotions.get(name, [])]
+    if not ranked:  # fall back on per-feature labels, best score first
+        feats = [(v.get("score") or 0.0, int(k)) for k, v in (labels.get("features") or {}).items()
+                 if str(v.get("label") or "").lower() == name]
+        ranked = [i for _, i in sorted(feats, reverse=True)]
+    if not ranked:
+        known = set(emotions) | {str(v.get("label")).lower() for v in (labels.get("features") or {}).values()
+                                 if v.get("label")}
+        if name in emotions:
+            raise UserError(f"no feature is labeled {name!r} in labels.json; try a nearby emotion or an index")
+        raise UserError(f"unknown label {name!r}; nearest labels: {nearest(name, known)}")
+    try:
+        r = int(rank) if rank else 1
+    except ValueError:
+        raise UserError(f"bad rank in {key!r}; write LABEL#N with N a number (LABEL#2 = second feature)") from None
+    if not 1 <= r <= len(ranked):
+        raise UserError(f"{name!r} has {len(ranked)} labeled feature(s); {key!r} asks for #{r}")
+    idx = int(ranked[r - 1])
+    if not 0 <= idx < d_sae:
+        raise UserError(f"labels.json maps {name!r} to feature {idx}, outside this SAE (0..{d_sae - 1}); "
+                        "the labels belong to another SAE")
+    return idx, name
+
+
+def _label_of(idx: int, labels: dict | None) -> str | None:
+    if not labels:
+        return None
+    entry = (labels.get("features") or {}).get(str(idx)) or {}
+    return entry.get("label")
+
+
+def resolve_vector(name: str, layer: int, assets: RunAssets | None) -> torch.Tensor:
+    """The unit emotion vector `name` at `layer` from RUN/vectors/vectors.safetensors."""
+    if assets is None or not assets.vectors:
+        raise UserError(f"vector {name!r} needs RUN/vectors/vectors.safetensors; run `emosae vectors RUN` first")
+    if layer not in assets.vectors:
+        raise UserError(f"no emotion vectors at layer {layer} (have layers {sorted(assets.vectors)}); "
+                        f"compute them at the SAE's layer or pass hook=blocks.L.hook_resid_post")
+    emotions, mat = assets.vectors[layer]
+    lowered = [e.lower() for e in emotions]
+    if name.lower() not in lowered:
+        raise UserError(f"unknown emotion vector {name!r}; nearest: {nearest(name, lowered)}")
+    v = mat[lowered.index(name.lower())]
+    return v / v.norm().clamp_min(1e-12)
+
+
+# --- the clamp -----------------------------------------------------------------------------------
+class Clamp:
+    """A context manager holding resolved edits; `with` installs the hooks, exit removes them.
+
+    `prompt_len` fixes the prompt boundary (else the first forward of each sequence defines it);
+    `record=True` keeps, per forward, the absolute positions and the edit norm per position."""
+
+    def __init__(self, model: nn.Module, sae: Any, edits: list[Edit], hook: HookPoint, scope: str = "all",
+                 prompt_len: int | None = None, outlier_norm: float | None = None, record: bool = False):
+        self.model, self.sae, self.edits, self.hook = model, sae, edits, hook
+        self.scope, self.prompt_len, self.outlier_norm, self.record = scope, prompt_len, outlier_norm, record
+        self.log: list[dict] = []
+        self._handles: list = []
+        self._offset = 0
+        self._seq_prompt_len: int | None = None
+        self._prefix: torch.Tensor | None = None
+        feats = [e for e in edits if e.feature is not None and e.mode != "add"]
+        self._need_acts = torch.tensor([e.feature for e in feats], dtype=torch.long)
+        self._act_slot = {id(e): i for i, e in enumerate(feats)}
+        self._dirs = torch.stack([e.direction for e in edits]).float() if edits else None
+
+    # settings, for printing and JSON
+    def describe(self) -> dict:
+        return {"hook": self.hook.name, "scope": self.scope, "edits": [e.describe() for e in self.edits]}
+
+    def __str__(self) -> str:
+        edits = "; ".join(str(e) for e in self.edits) or "no edits"
+        return f"{edits} [scope={self.scope}, {self.hook.name}]"
+
+    def __enter__(self) -> "Clamp":
+        if self._handles:
+            raise RuntimeError("this clamp is already active")
+        self._offset, self._seq_prompt_len, self._prefix = 0, None, None
+        self._handles = [self.model.register_forward_pre_hook(self._track, with_kwargs=True)]
+        try:
+            self._handles.append(add_hook(self.model, self.hook, self._edit))
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    # positions: where this forward's tokens sit in the sequence
+    def _track(self, module, args, kwargs) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None:
+            ids = kwargs.get("inputs_embeds")
+        if ids is None:
+            return
+        past = _cache_len(kwargs.get("cache", kwargs.get("past_key_values")))
+        t = ids.shape[1]
+        if past > 0:  # a cached step of the current sequence
+            self._offset = past
+            return
+        self._offset = 0
+        prev = self._prefix
+        continuing = (prev is not None and prev.shape[0] == ids.shape[0] and t > prev.shape[1]
+                      and torch.equal(ids[:, :prev.shape[1]], prev))
+        if not continuing:  # a new sequence; without a cache, generate() re-feeds the growing one
+            self._prefix = ids.detach()
+            self._seq_prompt_len = t
+
+    def _scope_mask(self, t: int, device) -> torch.Tensor | None:
+        if self.scope == "all":
+            return None
+        boundary = self.prompt_len if self.prompt_len is not None else self._seq_prompt_len
+        if boundary is None:
+            boundary = self._offset + t  # no tracked forward (the pre-hook did not fire): all prompt
+        pos = torch.arange(self._offset, self._offset + t, device=device)
+        return pos < boundary if self.scope == "prompt" else pos >= boundary
+
+    def _edit(self, x: torch.Tensor) -> torch.Tensor | None:
+        b, t, _ = x.shape
+        where = self._scope_mask(t, x.device)
+        if where is not None:
+            where = where[None, :].expand(b, t)
+        if self.outlier_norm is not None:  # attention sinks: the SAE never saw them, leave them be
+            ok = x.float().norm(dim=-1) <= self.outlier_norm
+            where = ok if where is None else where & ok
+        if not self.edits or (where is not None and not where.any()):
+            self._remember(t, torch.zeros(b, t))
+            return None
+        coef = torch.zeros(b, t, len(self.edits), device=x.device, dtype=torch.float32)
+        if len(self._need_acts):
+            sae_param = self.sae.W_dec
+            acts = self.sae.encode(x.to(sae_param.device, sae_param.dtype))
+            cur = acts[..., self._need_acts.to(acts.device)].float().to(x.device)
+        for i, e in enumerate(self.edits):
+            if e.mode == "add":
+                coef[..., i] = e.value
+                continue
+            c = cur[..., self._act_slot[id(e)]]
+            if e.mode == "set":
+                coef[..., i] = e.value - c
+            elif e.mode == "scale":
+                coef[..., i] = c * e.value - c
+            else:  # ablate
+                coef[..., i] = -c
+        delta = coef @ self._dirs.to(x.device)
+        if where is not None:
+            delta = delta * where[..., None]
+        self._remember(t, delta.norm(dim=-1))
+        return torch.where(where[..., None], x + delta.to(x.dtype), x) if where is not None else x + delta.to(x.dtype)
+
+    def _remember(self, t: int, norms: torch.Tensor) -> None:
+        if self.record:
+            self.log.append({"positions": list(range(self._offset, self._offset + t)),
+                             "delta_norm": norms.detach().cpu()})
+
+
+def _cache_len(cache: Any) -> int:
+    if cache is None:
+        return 0
+    if hasattr(cache, "get_seq_length"):
+        return int(cache.get_seq_length())
+    try:  # legacy tuple of (k, v) per layer
+        return int(cache[0][0].shape[-2])
+    except (TypeError, IndexError, AttributeError):
+        return 0
+
+
+def clamp(model: nn.Module, sae: Any = None, features: Mapping[int | str, Any] | None = None, *,
+          mode: str = "set", vectors: Mapping[str, Any] | None = None, scope: str = "all",
+          prompt_len: int | None = None, hook: str | None = None, labels: dict | None = None,
+          max_act: torch.Tensor | None = None, mean_resid_norm: float | None = None,
+          random_control: int | None = None, skip_outliers: float | None = 10.0, record: bool = False) -> Clamp:
+    """Build a clamp; use it as `with clamp(...):` around `model(...)` or `model.generate(...)`.
+
+    sae: a RunAssets (`load_run`), an emosae SAE or a SAELens SAE, or a run directory path.
+    features: {index or label: spec}, spec = 8.0 | "4x" | "0.05r" | "add=0.05r" | "scale=2" | "ablate".
+    vectors: {emotion: "0.05r" | 8.0 | ("add", ...)}, or {name: (tensor, strength)} for any direction.
+    random_control: a seed; every edit then writes along a random direction of the same norm (the
+    matched control). skip_outliers: leave positions whose norm exceeds this x mean_resid_norm (the
+    attention sink) unedited; None edits every position."""
+    if scope not in SCOPES:
+        raise UserError(f"unknown scope {scope!r}; use one of {', '.join(SCOPES)}")
+    if mode not in MODES:
+        raise UserError(f"unknown clamp mode {mode!r}; use one of {', '.join(MODES)}")
+    assets = sae if isinstance(sae, RunAssets) else load_run(sae) if isinstance(sae, (str, Path)) else None
+    sae_obj = assets.sae if assets is not None else sae
+    if assets is not None:
+        labels = labels if labels is not None else assets.labels
+        max_act = max_act if max_act is not None else assets.max_act
+        mean_resid_norm = mean_resid_norm if mean_resid_norm is not None else assets.mean_resid_norm
+    d_model = int(model.config.hidden_size) if hasattr(model, "config") else None
+    if sae_obj is not None:
+        hp_sae = parse_hook(sae_hook_name(sae_obj), model)
+        d_in = int(sae_obj.W_dec.shape[1])
+        if d_model is not None and d_in != d_model:
+            raise UserError(f"the SAE reads d_in={d_in} but the model's hidden size is {d_model}: "
+                            "the SAE belongs to another model")
+    hp = parse_hook(hook, model) if hook else (hp_sae if sae_obj is not None else None)
+    if hp is None:
+        raise UserError("no hook point: give an SAE (or run) or hook=blocks.L.hook_resid_post")
+    if features and sae_obj is None:
+        raise UserError("clamping features needs an SAE; pass a run directory or an SAE")
+    if features and hp != hp_sae:
+        raise UserError(f"features live at the SAE's hook {hp_sae.name}, not {hp.name}")
+
+    edits: list[Edit] = []
+    if features:
+        w_dec = sae_obj.W_dec.detach()
+        for key, spec in features.items():
+            idx, label = resolve_feature(key, int(w_dec.shape[0]), labels)
+            m, strength = parse_spec(spec, mode)
+            row = w_dec[idx].float().cpu()
+            norm = float(row.norm())
+            if m == "ablate":
+                value = 0.0
+            elif m == "scale":
+                value = strength.value
+            else:
+                ma = None if max_act is None else float(max_act[idx])
+                value = strength.resolve(ma, mean_resid_norm, decoder_norm=norm, what=f"strength of {key}")
+            edits.append(Edit(str(key), m, strength, value, row, feature=idx, label=label))
+    for key, spec in (vectors or {}).items():
+        if isinstance(spec, tuple) and len(spec) == 2 and torch.is_tensor(spec[0]):
+            direction, raw = spec[0].detach().float().cpu(), spec[1]
+            direction = direction / direction.norm().clamp_min(1e-12)
+        else:
+            direction, raw = resolve_vector(str(key), hp.layer, assets), spec
+        if d_model is not None and direction.shape[-1] != d_model:
+            raise UserError(f"vector {key!r} has {direction.shape[-1]} dims but the model's hidden size is {d_model}")
+        m, strength = parse_spec(raw, "add") if not isinstance(raw, (int, float)) else ("add", parse_strength(raw))
+        if m != "add":
+            raise UserError(f"vector {key!r}: emotion vectors are added, not {m}; write {key}=STRENGTH")
+        if strength.unit == "x":
+            parse_strength(str(strength), allow_x=False, what=f"strength of vector {key!r}")
+        value = strength.resolve(None, mean_resid_norm, what=f"strength of vector {key!r}")
+        edits.append(Edit(f"vector:{key}", "add", strength, value, direction))
+    if random_control is not None:
+        g = torch.Generator().manual_seed(int(random_control))
+        edits = [replace(e, direction=_random_like(e.direction, g)) for e in edits]
+    outlier = None if skip_outliers is None or mean_resid_norm is None else skip_outliers * float(mean_resid_norm)
+    return Clamp(model, sae_obj, edits, hp, scope=scope, prompt_len=prompt_len, outlier_norm=outlier, record=record)
+
+
+def _random_like(direction: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    r = torch.randn(direction.shape, generator=g)
+    return r * (direction.norm() / r.norm())

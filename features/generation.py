@@ -1,0 +1,156 @@
+"""Batched, per-row-seeded sampling through `model.generate()` and the scoring of continuations.
+
+Each (prompt, seed) row samples from its own torch.Generator (inverse-CDF sampling inside a logits
+processor, so `generate()` runs greedy over already-sampled scores): a row's text depends on its
+seed, not on what else is in the batch, and a baseline and a clamped run with the same seeds share
+their random numbers, which makes their difference much less noisy."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, ContextManager
+
+import torch
+from tqdm import tqdm
+
+from sae.errors import UserError
+
+
+def format_prompts(tokenizer, prompts: list[str], chat: bool | None = None) -> tuple[list[str], bool]:
+    """Apply the chat template when the tokenizer has one (instruct models) unless chat=False.
+    The user's text goes in as the user turn, so the template delimits it."""
+    use_chat = bool(getattr(tokenizer, "chat_template", None)) if chat is None else chat
+    if use_chat and not getattr(tokenizer, "chat_template", None):
+        raise UserError("this tokenizer has no chat template; drop --chat or use a base-model prompt")
+    if not use_chat:
+        return list(prompts), False
+    return [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                          add_generation_prompt=True) for p in prompts], True
+
+
+class SeededSampler:
+    """A logits processor that samples each row with its own generator (temperature, top-p; one
+    uniform per row and step, inverse CDF) and returns scores where only the sampled token is
+    finite, so greedy decoding picks it."""
+
+    def __init__(self, seeds: list[int], temperature: float = 1.0, top_p: float = 1.0):
+        if temperature < 0 or not 0 < top_p <= 1:
+            raise UserError(f"temperature must be >= 0 and top_p in (0, 1] (got {temperature}, {top_p})")
+        self.gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.temperature, self.top_p = temperature, top_p
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        logits = scores.float()
+        if self.temperature == 0:
+            choice = logits.argmax(-1)
+        else:
+            probs = torch.softmax(logits / self.temperature, dim=-1)
+            if self.top_p < 1:
+                sorted_p, order = probs.sort(-1, descending=True)
+                drop = (sorted_p.cumsum(-1) - sorted_p) >= self.top_p  # keep the smallest set reaching top_p
+                probs = probs.masked_fill(drop.scatter(-1, order, drop), 0.0)
+            # inverse CDF: one uniform per row from that row's generator
+            u = torch.cat([torch.rand(1, generator=g) for g in self.gens]).to(probs.device, torch.float64)
+            cdf = probs.double().cumsum(-1)
+            choice = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).clamp_max(probs.shape[-1] - 1)[:, 0]
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter_(-1, choice[:, None], 0.0)
+
+
+@dataclass
+class Batch:
+    """Prompts as token ids (no padding) and their sampled continuations (up to and including EOS)."""
+
+    prompt_ids: list[list[int]]
+    continuation_ids: list[list[int]]
+    texts: list[str]
+
+
+def tokenize_prompts(tokenizer, texts: list[str], templated: bool) -> list[list[int]]:
+    return tokenizer(texts, add_special_tokens=not templated)["input_ids"]
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompt_ids: list[list[int]], seeds: list[int], max_new_tokens: int = 40,
+             temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 64,
+             context: Callable[[], ContextManager] | None = None, progress: str | None = None) -> Batch:
+    """Sample one continuation per (prompt ids, seed) row, left-padded in batches, KV cache on.
+    `context()` is entered around each `generate()` call (e.g. a clamp)."""
+    from transformers import GenerationConfig
+
+    if len(prompt_ids) != len(seeds):
+        raise ValueError("one seed per prompt row")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos = tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                               pad_token_id=pad, eos_token_id=eos, use_cache=True)
+    conts: list[list[int]] = []
+    bar = tqdm(total=len(prompt_ids), desc=progress, unit="row", disable=progress is None, leave=False)
+    for start in range(0, len(prompt_ids), batch_size):
+        rows = prompt_ids[start:start + batch_size]
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+        sampler = SeededSampler(seeds[start:start + batch_size], temperature, top_p)
+        with (context() if context else contextlib.nullcontext()):
+            out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg,
+                                 logits_processor=[sampler])
+        for row in out[:, width:].tolist():
+            cut = row.index(eos) + 1 if eos in row else len(row)
+            conts.append(row[:cut])
+        bar.update(len(rows))
+    bar.close()
+    texts = [tokenizer.decode(c, skip_special_tokens=True).strip() for c in conts]
+    return Batch(prompt_ids=[list(p) for p in prompt_ids], continuation_ids=conts, texts=texts)
+
+
+def padded(prompt_ids: list[list[int]], cont_ids: list[list[int]], pad: int, device) -> tuple[torch.Tensor, ...]:
+    """Rows laid out as generate() makes them: prompt left-padded to one width P, continuation
+    after it, right padding. Returns ids, attention mask, position ids, the continuation-token
+    mask (over targets 1..W-1) and P, the prompt boundary shared by every row."""
+    wp = max(len(p) for p in prompt_ids)
+    wc = max(len(c) for c in cont_ids)
+    ids, mask, target = [], [], []
+    for p, c in zip(prompt_ids, cont_ids):
+        ids.append([pad] * (wp - len(p)) + p + c + [pad] * (wc - len(c)))
+        mask.append([0] * (wp - len(p)) + [1] * (len(p) + len(c)) + [0] * (wc - len(c)))
+        target.append([0] * (wp - 1) + [1] * len(c) + [0] * (wc - len(c)))
+    ids_t = torch.tensor(ids, device=device)
+    mask_t = torch.tensor(mask, device=device)
+    pos = (mask_t.cumsum(-1) - 1).clamp_min(0)
+    return ids_t, mask_t, pos, torch.tensor(target, device=device, dtype=torch.bool), wp
+
+
+@torch.no_grad()
+def score(model, tokenizer, batch: Batch, steer: Callable[[int], ContextManager] | None = None,
+          batch_size: int = 32) -> dict[str, list[float]]:
+    """Per row: summed NLL and token count of the continuation under the unsteered model, and
+    (given `steer(prompt_len)`, the same clamp with its prompt boundary fixed) the mean over the
+    continuation of KL(steered || unsteered) between next-token distributions."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    out: dict[str, list[float]] = {"nll": [], "n_tokens": [], "kl": []}
+    for s in range(0, len(batch.prompt_ids), batch_size):
+        p_ids = batch.prompt_ids[s:s + batch_size]
+        c_ids = [c or [pad] for c in batch.continuation_ids[s:s + batch_size]]  # empty: scored as 0 tokens
+        ids, mask, pos, target, wp = padded(p_ids, c_ids, pad, device)
+        for j, c in enumerate(batch.continuation_ids[s:s + batch_size]):
+            if not c:
+                target[j] = False
+        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask, position_ids=pos,
+                                       use_cache=False).logits[:, :-1].float(), -1)
+        nll = -(logp.gather(-1, ids[:, 1:, None])[..., 0] * target).sum(-1)
+        n = target.sum(-1)
+        out["nll"] += nll.tolist()
+        out["n_tokens"] += n.tolist()
+        if steer is None:
+            out["kl"] += [0.0] * len(p_ids)
+            continue
+        with steer(wp):
+            lq = torch.log_softmax(model(input_ids=ids, attention_mask=mask, position_ids=pos,
+                                         use_cache=False).logits[:, :-1].float(), -1)
+        kl_t = (lq.exp() * (lq - logp)).sum(-1)
+        out["kl"] += ((kl_t * target).sum(-1) / n.clamp_min(1)).tolist()
+    return out

@@ -1,0 +1,403 @@
+"""Dose-response of a clamp: signed strengths x a prompt set x samples, judged independently.
+
+Per strength: the valence of the continuation by VADER (compound, -1..1), the shift from the
+unsteered baseline, the monitor's score for the target emotion (when features/monitor.py is
+there), coherence (mean KL of the steered next-token distribution from the unsteered one along the
+continuation; perplexity of the continuation under the unsteered model, and its ratio to the
+baseline's), and a matched control: the same edit written along a random direction of the same
+norm. Baseline, steered and control runs share per-row seeds, so differences are paired.
+
+Confidence intervals are 95% t-intervals over prompts (per-prompt means of the samples, or of
+paired differences): prompts, not samples, are the independent unit."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import logging
+import math
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from features.units import Strength, parse_strength, parse_strengths
+from sae.errors import UserError
+from sae.io import atomic_path, write_json_atomic, write_text_atomic
+
+log = logging.getLogger("emosae")
+DEFAULT_PROMPTS = Path(__file__).resolve().parent.parent / "labeling" / "data" / "steer_prompts.jsonl"
+DEFAULT_STRENGTHS = "-0.1r,-0.05r,0,0.05r,0.1r"
+CI_METHOD = "95% t-interval over per-prompt means (prompts are the unit)"
+CSV_FIELDS = ("target", "kind", "strength", "value", "residual_norm", "n", "vader", "vader_lo", "vader_hi",
+              "delta", "delta_lo", "delta_hi", "control_delta", "control_delta_lo", "control_delta_hi",
+              "kl", "kl_lo", "kl_hi", "control_kl", "ppl", "ppl_ratio", "control_ppl_ratio", "monitor", "monitor_delta")
+
+
+@dataclass
+class Target:
+    """What a sweep turns: a feature (index or label) in some mode, or an emotion vector."""
+
+    name: str  # as given: "happy", "812", "vector:happy"
+    kind: str  # "feature" | "vector"
+    key: str  # the feature key or emotion name
+    mode: str = "set"
+
+    @classmethod
+    def parse(cls, target: Any, mode: str = "set") -> "Target":
+        text = str(target).strip()
+        if text.lower().startswith("vector:"):
+            return cls(text, "vector", text.split(":", 1)[1].strip(), "add")
+        m = re.fullmatch(r"(.+?):(set|add|scale)", text)
+        if m:
+            return cls(text, "feature", m.group(1), m.group(2))
+        return cls(text, "feature", text, mode)
+
+    def clamp_kwargs(self, strength: Strength) -> dict:
+        if self.kind == "vector":
+            return {"vectors": {self.key: str(strength)}}
+        return {"features": {self.key: f"{self.mode}={strength}"}}
+
+
+# --- statistics ------------------------------------------------------------------------------------
+def prompt_ci(values: Sequence[float], groups: Sequence[int]) -> tuple[float, float, float]:
+    """(mean, lo, hi): mean over prompts of per-prompt means, with a 95% t-interval."""
+    from scipy import stats
+
+    v, g = np.asarray(values, dtype=float), np.asarray(groups)
+    per = np.array([v[g == k].mean() for k in np.unique(g)])
+    mean = float(per.mean())
+    if len(per) < 2:
+        return mean, float("nan"), float("nan")
+    half = float(stats.t.ppf(0.975, len(per) - 1) * per.std(ddof=1) / math.sqrt(len(per)))
+    return mean, mean - half, mean + half
+
+
+def vader_scores(texts: Sequence[str]) -> list[float]:
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    analyzer = SentimentIntensityAnalyzer()
+    return [float(analyzer.polarity_scores(t)["compound"]) for t in texts]
+
+
+def monitor_scorer(assets, lm, emotion: str | None):
+    """The monitor's per-text score for `emotion`, if features/monitor.py provides one; else None.
+    The monitor is optional (another stage writes it), so any absence is quiet."""
+    if not emotion:
+        return None
+    try:
+        from features import monitor
+    except ImportError:
+        return None
+    fn = getattr(monitor, "score_texts", None)
+    if fn is None:
+        return None
+
+    def score(texts: list[str]) -> list[float] | None:
+        try:
+            return [float(x) for x in fn(assets.path, texts, emotion, lm=lm)]
+        except UserError as e:
+            log.info("monitor score skipped: %s", e)
+            return None
+    return score
+
+
+# --- the sweep -------------------------------------------------------------------------------------
+def run_sweep(run_dir: str | Path, target: Any = "happy", strengths: Sequence | str = DEFAULT_STRENGTHS,
+              **kwargs) -> dict:
+    """One target; see `run_sweeps` for the arguments. Returns its result dict."""
+    return run_sweeps(run_dir, [target], strengths, **kwargs)[0]
+
+
+def run_sweeps(run_dir: str | Path, targets: Sequence[Any], strengths: Sequence | str = DEFAULT_STRENGTHS,
+               prompts: Sequence[str] | str | Path | None = None, samples: int = 8, seed: int = 0,
+               mode: str = "set", scope: str = "all", max_new_tokens: int = 40, temperature: float = 1.0,
+               top_p: float = 0.95, control: str = "all", control_seed: int = 1234, lm=None,
+               model: str | None = None, device: str | None = None, out_dir: str | Path | None = None,
+               batch_size: int = 64, chat: bool | None = None, examples: int = 3) -> list[dict]:
+    """Sweep each target over `strengths` (e.g. "-0.1r,0,0.1r") on prompts x samples, one shared
+    baseline. control: "all" (a random-direction run at every non-zero strength), "max" (at the
+    largest |strength| of each sign) or "none". Writes CSV/PNG/JSON per target under `out_dir`
+    (default RUN/sweeps/) and returns one dict per target with "rows" (one per strength)."""
+    from features.clamp import clamp, load_run
+    from features.clamp_cli import load_prompt_file
+    from features.generation import format_prompts, generate, score, tokenize_prompts
+    from labeling.scoring import default_device, model_spec_for
+    from sae.models import load_model
+
+    if samples < 1 or max_new_tokens < 1:
+        raise UserError("samples and max_new_tokens must be >= 1")
+    if control not in ("all", "max", "none"):
+        raise UserError(f"control must be all, max or none, not {control!r}")
+    torch.set_flush_denormal(True)
+    device = device or default_device()
+    assets = load_run(run_dir, device)
+    lm = lm or load_model(model or model_spec_for(assets.sae), device)
+    targets = [Target.parse(t, mode) for t in targets]
+    if not targets:
+        raise UserError("no target to sweep; give a feature label/index or vector:EMOTION")
+    strength_list = parse_strengths(strengths) if isinstance(strengths, str) else [parse_strength(s) for s in strengths]
+    units = {s.unit for s in strength_list if not s.is_zero}
+    if len(units) > 1:
+        raise UserError(f"strengths mix units ({', '.join(sorted(units))}); use one unit per sweep")
+    prompt_texts = _prompts(prompts)
+    # validate every target and strength before spending minutes generating
+    for t in targets:
+        for s in strength_list:
+            clamp(lm.model, assets, scope=scope, **t.clamp_kwargs(s))
+
+    texts, templated = format_prompts(lm.tokenizer, prompt_texts, chat)
+    ids = tokenize_prompts(lm.tokenizer, texts, templated)
+    rows = [(i, j) for i in range(len(prompt_texts)) for j in range(samples)]
+    groups = [i for i, _ in rows]
+    row_ids = [ids[i] for i, _ in rows]
+    seeds = [seed + j for _, j in rows]
+    gen_kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, batch_size=batch_size)
+    log.info("sweep: %d prompts x %d samples, strengths %s", len(prompt_texts), samples,
+             ", ".join(str(s) for s in strength_list))
+
+    base = generate(lm.model, lm.tokenizer, row_ids, seeds, progress="baseline", **gen_kw)
+    base_vader = vader_scores(base.texts)
+    base_scores = score(lm.model, lm.tokenizer, base, batch_size=batch_size // 2 or 1)
+    base_ppl = _ppl(base_scores)
+    settings = {"prompts": len(prompt_texts), "samples": samples, "seed": seed, "scope": scope,
+                "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
+                "chat_template": templated, "control": control, "control_seed": control_seed,
+                "model": lm.model_id, "ci": CI_METHOD}
+    results = []
+    for t in targets:
+        emotion = t.key.split("#")[0].lower() if not t.key.strip().lstrip("-").isdigit() else None
+        mon = monitor_scorer(assets, lm, emotion)
+        mon_base = mon(base.texts) if mon else None
+        control_at = _control_strengths(strength_list, control)
+        out_rows, ex = [], {}
+        for s in strength_list:
+            steer_kw = dict(scope=scope, **t.clamp_kwargs(s))
+            edit = clamp(lm.model, assets, **steer_kw).edits[0]
+            row = {"target": t.name, "kind": t.kind, "strength": str(s), "value": edit.value,
+                   "residual_norm": edit.describe().get("residual_norm"), "n": len(rows)}
+            if s.is_zero:
+                batch, vader, scores = base, base_vader, {**base_scores, "kl": [0.0] * len(rows)}
+            else:
+                batch = generate(lm.model, lm.tokenizer, row_ids, seeds, progress=f"{t.name} {s}",
+                                 context=lambda kw=steer_kw: clamp(lm.model, assets, **kw), **gen_kw)
+                vader = vader_scores(batch.texts)
+                scores = score(lm.model, lm.tokenizer, batch, batch_size=batch_size // 2 or 1,
+                               steer=lambda p, kw=steer_kw: clamp(lm.model, assets, prompt_len=p, **kw))
+            row.update(_valence(vader, base_vader, groups))
+            row.update(_coherence(scores, groups, base_ppl))
+            if mon:
+                m = mon(batch.texts) if not s.is_zero else mon_base
+                if m is not None and mon_base is not None:
+                    row["monitor"] = prompt_ci(m, groups)[0]
+                    row["monitor_delta"] = prompt_ci(np.subtract(m, mon_base), groups)[0]
+            if s in control_at:
+                ctl_kw = dict(steer_kw, random_control=control_seed)
+                cb = generate(lm.model, lm.tokenizer, row_ids, seeds, progress=f"control {s}",
+                              context=lambda kw=ctl_kw: clamp(lm.model, assets, **kw), **gen_kw)
+                cs = score(lm.model, lm.tokenizer, cb, batch_size=batch_size // 2 or 1,
+                           steer=lambda p, kw=ctl_kw: clamp(lm.model, assets, prompt_len=p, **kw))
+                cv = _valence(vader_scores(cb.texts), base_vader, groups)
+                cc = _coherence(cs, groups, base_ppl)
+                row.update(control_delta=cv["delta"], control_delta_lo=cv["delta_lo"],
+                           control_delta_hi=cv["delta_hi"], control_kl=cc["kl"],
+                           control_ppl_ratio=cc["ppl_ratio"])
+            ex[str(s)] = batch.texts[:examples]
+            out_rows.append(row)
+            log.info("%s", _row_line(row))
+        result = {"target": t.name, "kind": t.kind, "mode": t.mode if t.kind == "feature" else "add",
+                  "feature": edit.feature, "label": edit.label, "hook": clamp(lm.model, assets).hook.name,
+                  "run": str(assets.path), "settings": settings,
+                  "baseline": {"vader": prompt_ci(base_vader, groups)[0], "ppl": base_ppl},
+                  "rows": out_rows, "examples": ex}
+        if out_dir is not False:
+            result["files"] = write_outputs(result, Path(out_dir) if out_dir else Path(assets.path) / "sweeps")
+        results.append(result)
+    return results
+
+
+def _prompts(prompts) -> list[str]:
+    from features.clamp_cli import load_prompt_file
+
+    if prompts is None:
+        return load_prompt_file(DEFAULT_PROMPTS)
+    if isinstance(prompts, (str, Path)):
+        return load_prompt_file(prompts)
+    prompts = [str(p) for p in prompts]
+    if not prompts:
+        raise UserError("the prompt set is empty")
+    return prompts
+
+
+def _control_strengths(strengths: list[Strength], control: str) -> set[Strength]:
+    nonzero = [s for s in strengths if not s.is_zero]
+    if control == "none":
+        return set()
+    if control == "all":
+        return set(nonzero)
+    out = set()
+    for sign in (1, -1):
+        side = [s for s in nonzero if s.value * sign > 0]
+        if side:
+            out.add(max(side, key=lambda s: abs(s.value)))
+    return out
+
+
+def _valence(vader: list[float], base: list[float], groups: list[int]) -> dict:
+    m, lo, hi = prompt_ci(vader, groups)
+    d, dlo, dhi = prompt_ci(np.subtract(vader, base), groups)
+    return {"vader": m, "vader_lo": lo, "vader_hi": hi, "delta": d, "delta_lo": dlo, "delta_hi": dhi}
+
+
+def _ppl(scores: dict) -> float:
+    n = sum(scores["n_tokens"])
+    return float(math.exp(sum(scores["nll"]) / n)) if n else float("nan")
+
+
+def _coherence(scores: dict, groups: list[int], base_ppl: float) -> dict:
+    kl, lo, hi = prompt_ci(scores["kl"], groups)
+    ppl = _ppl(scores)
+    return {"kl": kl, "kl_lo": lo, "kl_hi": hi, "ppl": ppl, "ppl_ratio": ppl / base_ppl}
+
+
+# --- outputs ---------------------------------------------------------------------------------------
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "target"
+
+
+def write_outputs(result: dict, out_dir: Path) -> dict:
+    """sweep_<target>.csv, .png and .json in out_dir, each written atomically."""
+    stem = out_dir / f"sweep_{_slug(result['target'])}"
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    for r in result["rows"]:
+        w.writerow({k: r.get(k, "") for k in CSV_FIELDS})
+    write_text_atomic(stem.with_suffix(".csv"), buf.getvalue())
+    plot(result, stem.with_suffix(".png"))
+    files = {"csv": str(stem.with_suffix(".csv")), "png": str(stem.with_suffix(".png")),
+             "json": str(stem.with_suffix(".json"))}
+    write_json_atomic(stem.with_suffix(".json"), {**result, "files": files})
+    return files
+
+
+def plot(result: dict, path: Path) -> None:
+    """VADER shift with CI bars (target and random control) and coherence, against strength."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    x = [parse_strength(r["strength"]).value for r in rows]
+    unit = next((parse_strength(r["strength"]).unit for r in rows if parse_strength(r["strength"]).value), "abs")
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    err = lambda key: np.array([[r[key] - r[f"{key}_lo"] for r in rows], [r[f"{key}_hi"] - r[key] for r in rows]])
+    a.errorbar(x, [r["delta"] for r in rows], yerr=err("delta"), marker="o", capsize=3, label=result["target"])
+    ctl = [(xi, r) for xi, r in zip(x, rows) if "control_delta" in r]
+    if ctl:
+        a.errorbar([c[0] for c in ctl], [c[1]["control_delta"] for c in ctl],
+                   yerr=np.array([[c[1]["control_delta"] - c[1]["control_delta_lo"] for c in ctl],
+                                  [c[1]["control_delta_hi"] - c[1]["control_delta"] for c in ctl]]),
+                   marker="s", capsize=3, linestyle="--", color="gray", label="random direction, same norm")
+    a.axhline(0, color="k", lw=0.5)
+    a.set_xlabel(f"strength ({ {'abs': 'absolute', 'x': 'x max_act', 'r': 'x mean resid norm'}[unit] })")
+    a.set_ylabel("VADER compound - baseline (95% CI)")
+    a.set_title(f"{result['target']} at {result['hook']}")
+    a.legend(fontsize=8)
+    b.plot(x, [r["ppl_ratio"] for r in rows], marker="o", label="perplexity / baseline")
+    b.plot(x, [r["kl"] for r in rows], marker="^", label="KL(steered || unsteered), nats/token")
+    b.axhline(1, color="k", lw=0.5)
+    b.set_xlabel(a.get_xlabel())
+    b.set_title("coherence")
+    b.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def _fmt(v: Any, spec: str = "+.2f") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return format(v, spec)
+
+
+def _row_line(r: dict) -> str:
+    ctl = (f"  control {_fmt(r['control_delta'])} [{_fmt(r['control_delta_lo'])}, {_fmt(r['control_delta_hi'])}]"
+           if "control_delta" in r else "")
+    return (f"{r['target']} {r['strength']}: vader {_fmt(r['vader'])} delta {_fmt(r['delta'])} "
+            f"[{_fmt(r['delta_lo'])}, {_fmt(r['delta_hi'])}] kl {_fmt(r['kl'], '.3f')} "
+            f"ppl x{_fmt(r['ppl_ratio'], '.2f')}{ctl}")
+
+
+def table(results: list[dict]) -> str:
+    """A short terminal table: one line per target and strength."""
+    head = (f"{'target':<16} {'strength':>8} {'value':>8} {'VADER':>6} {'delta [95% CI]':>22} "
+            f"{'control delta [95% CI]':>24} {'KL':>6} {'ppl x':>6} {'monitor':>7}")
+    lines = [head, "-" * len(head)]
+    for res in results:
+        for r in res["rows"]:
+            ci = f"{_fmt(r['delta'])} [{_fmt(r['delta_lo'])}, {_fmt(r['delta_hi'])}]"
+            cci = (f"{_fmt(r['control_delta'])} [{_fmt(r['control_delta_lo'])}, {_fmt(r['control_delta_hi'])}]"
+                   if "control_delta" in r else "-")
+            lines.append(f"{res['target'][:16]:<16} {r['strength']:>8} {_fmt(r['value'], '.3g'):>8} "
+                         f"{_fmt(r['vader']):>6} {ci:>22} {cci:>24} {_fmt(r['kl'], '.3f'):>6} "
+                         f"{_fmt(r['ppl_ratio'], '.2f'):>6} {_fmt(r.get('monitor'), '.3f'):>7}")
+        b = res["baseline"]
+        lines.append(f"{'':<16} baseline VADER {_fmt(b['vader'])}, perplexity {_fmt(b['ppl'], '.2f')}")
+    return "\n".join(lines)
+
+
+# --- CLI -------------------------------------------------------------------------------------------
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="run directory (or any SAELens SAE directory)")
+    p.add_argument("--target", action="append", required=True,
+                   help="feature label|index (optionally LABEL:add), or vector:EMOTION; repeatable (one shared baseline)")
+    p.add_argument("--strengths", default=DEFAULT_STRENGTHS, help=f"comma-separated, one unit (default {DEFAULT_STRENGTHS})")
+    p.add_argument("--mode", default="set", choices=["set", "add", "scale"], help="feature mode (vectors always add)")
+    p.add_argument("--scope", default="all", choices=["all", "prompt", "generated"])
+    p.add_argument("--prompts", default=None, help=f"JSONL with a \"prompt\" per line (default: the shipped {DEFAULT_PROMPTS.name})")
+    p.add_argument("--samples", type=int, default=8, help="samples per prompt (seeds S..S+N-1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-new-tokens", type=int, default=40)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--control", default="all", choices=["all", "max", "none"],
+                   help="random-direction control at every non-zero strength, at the extremes, or not at all")
+    p.add_argument("--control-seed", type=int, default=1234)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--out", default=None, help="output directory (default RUN/sweeps)")
+    p.add_argument("--model", default=None, help="model spec (default: the SAE's model)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--json", action="store_true", help="print {\"sweeps\": [...]} on stdout; the table goes to stderr")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sweep", help="dose-response of a feature or emotion vector: VADER, coherence, random control")
+    add_arguments(p)
+    p.set_defaults(func=cli)
+
+
+def cli(args: argparse.Namespace) -> int:
+    from sae.cli import print_json
+
+    results = run_sweeps(args.run, args.target, args.strengths, prompts=args.prompts, samples=args.samples,
+                         seed=args.seed, mode=args.mode, scope=args.scope, max_new_tokens=args.max_new_tokens,
+                         temperature=args.temperature, top_p=args.top_p, control=args.control,
+                         control_seed=args.control_seed, model=args.model, device=args.device, out_dir=args.out,
+                         batch_size=args.batch_size)
+    text = table(results)
+    if args.json:
+        print(text, file=sys.stderr)
+        print_json({"sweeps": results})
+    else:
+        print(text)
+        for r in results:
+            print(f"wrote {r['files']['csv']} and {r['files']['png']}")
+    return 0

@@ -1,0 +1,26 @@
+"""Shared fixtures: the embedded model is loaded once per session (it is cached on disk after the
+first conversion), tiny random models are built from configs (no download)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def lm():
+    from sae.models import load_model
+
+    torch.set_flush_denormal(True)
+    return load_model("smollm2-135m")
+
+
+def tolerance_close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-4, atol_mult: float = 1e-5) -> bool:
+    """The project's equivalence tolerance: rtol 1e-4, atol 1e-5 x the median activation norm."""
+    median = b.reshape(-1, b.shape[-1]).norm(dim=-1).median()
+    return torch.allclose(a, b, rtol=rtol, atol=float(atol_mult * median))

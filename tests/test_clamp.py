@@ -1,0 +1,275 @@
+"""Clamping inside the embedded model: exact no-ops, scope at prompt vs generated positions under the
+KV cache, units, and one-line errors. The run directory is built here from a random-weight SAE at
+blocks.15.hook_resid_post with synthetic labels, stats, metrics and vectors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from features.clamp import clamp, load_run, parse_spec
+from features.units import Strength, parse_strength, parse_strengths
+from sae.architectures import SAEConfig, SparseAutoencoder
+from sae.errors import UserError
+
+HOOK = "blocks.15.hook_resid_post"
+D_SAE = 64
+MEAN_NORM = 170.0
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    sae = SparseAutoencoder(SAEConfig(arch="topk", d_in=576, d_sae=D_SAE, k=8, hook_name=HOOK,
+                                      metadata={"model_id": "smollm2-135m-instruct-q4_1"}))
+    sae.init_weights(torch.Generator().manual_seed(0))
+    sae.save(root / "sae")
+    (root / "features").mkdir()
+    save_file({"max_act": torch.linspace(1.0, 64.0, D_SAE)}, str(root / "features" / "stats.safetensors"))
+    (root / "metrics.json").write_text(json.dumps({"mean_resid_norm": MEAN_NORM}))
+    labels = {"corpus": "test", "settings": {},
+              "features": {"3": {"label": "happy", "score": 0.9}, "7": {"label": "sad", "score": 0.8},
+                           "9": {"label": "afraid", "score": 0.7}},
+              "emotions": {"happy": [{"feature": 3, "auroc": 0.9}, {"feature": 11, "auroc": 0.8}],
+                           "sad": [{"feature": 7, "auroc": 0.8}], "afraid": [{"feature": 9, "auroc": 0.7}],
+                           "hopeful": []}}
+    (root / "labels.json").write_text(json.dumps(labels))
+    (root / "vectors").mkdir()
+    vec = torch.randn(3, 576, generator=torch.Generator().manual_seed(1))
+    save_file({"layer_15": vec / vec.norm(dim=1, keepdim=True)}, str(root / "vectors" / "vectors.safetensors"),
+              metadata={"emotions": json.dumps(["happy", "sad", "calm"])})
+    return root
+
+
+@pytest.fixture(scope="module")
+def assets(run):
+    return load_run(run)
+
+
+def _prompt(lm, text="Write two sentences about your morning."):
+    chat = lm.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                            add_generation_prompt=True)
+    return lm.tokenizer(chat, add_special_tokens=False, return_tensors="pt")
+
+
+# --- units ----------------------------------------------------------------------------------------
+def test_units_parse_print_and_resolve():
+    assert parse_strength("8") == Strength(8.0, "abs") and str(parse_strength("8")) == "8"
+    assert parse_strength("4x") == Strength(4.0, "x") and str(parse_strength(" 4X ")) == "4x"
+    assert parse_strength("-0.05r") == Strength(-0.05, "r") and str(parse_strength("-0.05r")) == "-0.05r"
+    assert parse_strength(".5r").value == 0.5 and parse_strength(2.5) == Strength(2.5)
+    assert parse_strength("4x").resolve(max_act=3.0) == 12.0
+    assert parse_strength("0.05r").resolve(mean_resid_norm=200.0) == pytest.approx(10.0)
+    assert parse_strength("0.05r").resolve(mean_resid_norm=200.0, decoder_norm=2.0) == pytest.approx(5.0)
+    assert [str(s) for s in parse_strengths("-0.1r, 0,0.1r")] == ["-0.1r", "0", "0.1r"]
+    for bad in ("four", "4y", "4 x x", "", "nan", "1e999"):
+        with pytest.raises(UserError):
+            parse_strength(bad)
+    with pytest.raises(UserError, match="emotion\\s+vector"):
+        parse_strength("4x", allow_x=False)
+    with pytest.raises(UserError, match="max_act"):
+        parse_strength("4x").resolve()
+
+
+def test_parse_spec_modes():
+    assert parse_spec("4x") == ("set", Strength(4.0, "x"))
+    assert parse_spec("add=0.05r") == ("add", Strength(0.05, "r"))
+    assert parse_spec(("scale", 2)) == ("scale", Strength(2.0))
+    assert parse_spec("ablate") == ("ablate", None)
+    with pytest.raises(UserError, match="plain factor"):
+        parse_spec("scale=2x")
+    with pytest.raises(UserError, match="unknown clamp mode"):
+        parse_spec("boost=2")
+
+
+# --- exactness and resolution ---------------------------------------------------------------------
+def test_noop_is_exact(lm, assets):
+    enc = _prompt(lm)
+    with torch.no_grad():
+        base = lm.model(**enc).logits
+        with clamp(lm.model, assets, {"happy": "scale=1", 5: "add=0", "sad": "scale=1.0"}, vectors={"calm": 0}):
+            same = lm.model(**enc).logits
+        with clamp(lm.model, assets, {"happy": "8x"}, scope="generated"):  # only prompt positions: nothing edited
+            same2 = lm.model(**enc).logits
+        with clamp(lm.model, assets, {"happy": "8x"}):
+            moved = lm.model(**enc).logits
+    assert torch.equal(base, same) and torch.equal(base, same2)
+    assert not torch.allclose(base, moved)
+
+
+def test_set_mode_writes_value_minus_current_times_decoder_row(lm, assets):
+    """x' = x + (value - current) * W_dec[i]: the SAE's error term and other features untouched."""
+    from sae.hooks import hooks, run_to_hooks
+
+    enc = _prompt(lm)
+    seen = {}
+    with torch.no_grad():
+        raw = run_to_hooks(lm.model, [HOOK], **enc)[HOOK]
+        with clamp(lm.model, assets, {7: 5.0, 3: "scale=3"}, skip_outliers=None):
+            with hooks(lm.model, {HOOK: lambda x: seen.setdefault("x", x.clone())}):  # runs after the clamp
+                lm.model(**enc)
+        acts = assets.sae.encode(raw)
+    w = assets.sae.W_dec
+    expected = raw + (5.0 - acts[..., 7:8]) * w[7] + (2 * acts[..., 3:4]) * w[3]
+    assert torch.allclose(seen["x"], expected, rtol=1e-5, atol=1e-3)
+    assert not torch.equal(seen["x"], raw)
+
+
+def test_resolution_labels_units_and_vectors(lm, assets):
+    c = clamp(lm.model, assets, {"happy": "2x", "happy#2": "add=0.05r", "sad": "ablate"}, vectors={"calm": "0.1r"})
+    d = {e["target"]: e for e in c.describe()["edits"]}
+    max_act = torch.linspace(1.0, 64.0, D_SAE)
+    assert d["happy"]["feature"] == 3 and d["happy"]["value"] == pytest.approx(2 * float(max_act[3]))
+    assert d["happy#2"]["feature"] == 11 and d["happy#2"]["residual_norm"] == pytest.approx(0.05 * MEAN_NORM, rel=1e-5)
+    assert d["sad"]["mode"] == "ablate" and d["sad"]["feature"] == 7
+    assert d["vector:calm"]["value"] == pytest.approx(0.1 * MEAN_NORM) and d["vector:calm"]["kind"] == "vector"
+    assert "feature 3 (happy) set=2x" in str(c)
+
+
+# --- scope and the KV cache -----------------------------------------------------------------------
+def _gen(lm, steer=None, use_cache=True, n=8):
+    enc = _prompt(lm)
+    kw = dict(max_new_tokens=n, do_sample=False, use_cache=use_cache, pad_token_id=lm.tokenizer.eos_token_id)
+    with torch.no_grad():
+        if steer is None:
+            return lm.model.generate(**enc, **kw)[0, enc["input_ids"].shape[1]:]
+        with steer:
+            return lm.model.generate(**enc, **kw)[0, enc["input_ids"].shape[1]:]
+
+
+def test_scope_edits_only_its_positions_during_cached_generation(lm, assets):
+    plen = _prompt(lm)["input_ids"].shape[1]
+    n = 6
+    for scope in ("prompt", "generated", "all"):
+        c = clamp(lm.model, assets, {"happy": "10x"}, scope=scope, record=True)
+        _gen(lm, c, n=n)
+        calls = c.log
+        assert calls[0]["positions"] == list(range(plen))  # the prefill
+        assert [call["positions"] for call in calls[1:]] == [[plen + i] for i in range(n - 1)]  # one token per step
+        prompt_edit = calls[0]["delta_norm"][0, 1:]  # position 0 is the attention sink, left unedited
+        gen_edit = torch.cat([call["delta_norm"][0] for call in calls[1:]])
+        assert calls[0]["delta_norm"][0, 0] == 0
+        if scope == "prompt":
+            assert (prompt_edit > 0).all() and (gen_edit == 0).all()
+        elif scope == "generated":
+            assert (prompt_edit == 0).all() and (gen_edit > 0).all()
+        else:
+            assert (prompt_edit > 0).all() and (gen_edit > 0).all()
+
+
+def test_kv_cache_generation_changes_text_and_matches_uncached(lm, assets):
+    base = _gen(lm)
+    for scope in ("all", "generated", "prompt"):
+        cached = _gen(lm, clamp(lm.model, assets, {"happy": "12x"}, scope=scope))
+        uncached = _gen(lm, clamp(lm.model, assets, {"happy": "12x"}, scope=scope), use_cache=False)
+        assert not torch.equal(cached, base), scope
+        # the clamp sees the same absolute positions with or without the cache
+        assert torch.equal(cached, uncached), scope
+    # (scope="prompt" above changed the generated tokens through attention to the edited prompt)
+    vec = _gen(lm, clamp(lm.model, assets, vectors={"happy": "0.5r"}, scope="generated"))
+    assert not torch.equal(vec, base)
+
+
+def test_batched_left_padded_sampling_is_seeded_per_row(lm, assets):
+    from features.generation import format_prompts, generate, tokenize_prompts
+
+    texts, templated = format_prompts(lm.tokenizer, ["Describe your room.", "Write two sentences about rain."])
+    ids = tokenize_prompts(lm.tokenizer, texts, templated)
+    both = generate(lm.model, lm.tokenizer, ids, [5, 6], max_new_tokens=6)
+    alone = generate(lm.model, lm.tokenizer, ids[1:], [6], max_new_tokens=6)
+    again = generate(lm.model, lm.tokenizer, ids, [5, 6], max_new_tokens=6)
+    assert both.texts == again.texts and both.texts[1] == alone.texts[0]
+    steer = clamp(lm.model, assets, {"happy": "12x"}, scope="generated")
+    steered = generate(lm.model, lm.tokenizer, ids, [5, 6], max_new_tokens=6, context=lambda: steer)
+    assert steered.texts != both.texts
+
+
+def test_saelens_sae_object_works(lm, run, assets):
+    """Any SAELens SAE: load ours through sae_lens and clamp with it directly."""
+    from sae_lens import SAE
+
+    sl = SAE.load_from_disk(str(run / "sae"), device="cpu")
+    enc = _prompt(lm)
+    with torch.no_grad():
+        with clamp(lm.model, sl, {3: 20.0}, skip_outliers=None):
+            a = lm.model(**enc).logits
+        with clamp(lm.model, assets.sae, {3: 20.0}, skip_outliers=None):
+            b = lm.model(**enc).logits
+    assert torch.allclose(a, b, atol=1e-4)
+
+
+# --- errors ---------------------------------------------------------------------------------------
+def _one_line(excinfo) -> str:
+    msg = str(excinfo.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_bad_inputs_are_one_line_errors(lm, assets, run):
+    with pytest.raises(UserError) as e:
+        clamp(lm.model, assets, {"hapy": 4.0})
+    assert "happy" in _one_line(e) and "nearest" in _one_line(e)
+    with pytest.raises(UserError) as e:
+        clamp(lm.model, assets, {D_SAE: 4.0})
+    assert f"0..{D_SAE - 1}" in _one_line(e)
+    with pytest.raises(UserError) as e:
+        clamp(lm.model, assets, {"happy": "lots"})
+    assert "cannot parse" in _one_line(e)
+    with pytest.raises(UserError) as e:
+        clamp(lm.model, assets, vectors={"happy": "4x"})
+    assert "x unit" in _one_line(e)
+    with pytest.raises(UserError) as e:
+        clamp(lm.model, assets, vectors={"hapy": "0.1r"})
+    assert "happy" in _one_line(e)
+    with pytest.raises(UserError) as e:
+        clamp(lm.model, assets, {"hopeful": 1.0})
+    assert "no feature is labeled" in _one_line(e)
+    with pytest.raises(UserError):
+        clamp(lm.model, assets, {"happy": 1.0}, scope="later")
+    wrong_d = SparseAutoencoder(SAEConfig(d_in=64, d_sae=16, k=4, hook_name=HOOK))
+    with pytest.raises(UserError) as e:
+        clamp(lm.model, wrong_d, {0: 1.0})
+    assert "d_in=64" in _one_line(e)
+    for hook in ("blocks.99.hook_resid_post", "blocks.3.hook_nonsense", "transformer.h.3"):
+        bad_hook = SparseAutoencoder(SAEConfig(d_in=576, d_sae=16, k=4, hook_name=hook))
+        with pytest.raises(UserError) as e:
+            clamp(lm.model, bad_hook, {0: 1.0})
+        _one_line(e)
+    bare = SparseAutoencoder(SAEConfig(d_in=576, d_sae=16, k=4, hook_name=HOOK))
+    with pytest.raises(UserError) as e:
+        clamp(lm.model, bare, {0: "4x"})  # no stats known for a bare SAE
+    assert "max_act" in _one_line(e)
+
+
+def test_cli_parsing_and_errors(run, capsys):
+    from features.clamp_cli import parse_feature_arg, parse_vector_arg
+    from sae.cli import main
+
+    assert parse_feature_arg("happy=4x") == ("happy", "4x")
+    assert parse_feature_arg("812:add=0.05r") == ("812", "add=0.05r")
+    assert parse_feature_arg("sad:ablate") == ("sad", "ablate")
+    assert parse_vector_arg("calm=0.1r") == ("calm", "0.1r")
+    for bad in ("happy", "happy:ablate=3", "=4"):
+        with pytest.raises(UserError):
+            parse_feature_arg(bad)
+    assert main(["clamp", str(run), "--feature", "hapy=4x", "--prompt", "hi"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nearest labels: happy" in err[0]
+    assert main(["clamp", str(run), "--vector", "happy=4x", "--prompt", "hi"]) == 2
+    assert "x unit" in capsys.readouterr().err
+
+
+def test_cli_json_baseline_vs_clamped(run, capsys):
+    from sae.cli import main
+
+    rc = main(["clamp", str(run), "--feature", "happy=12x", "--scope", "generated", "--prompt",
+               "Describe your room.", "--samples", "2", "--seed", "3", "--max-new-tokens", "8", "--json"])
+    assert rc == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["seed"] for r in rows] == [3, 4]
+    assert all(set(r) == {"prompt", "seed", "baseline", "clamped", "settings"} for r in rows)
+    assert rows[0]["settings"]["edits"][0]["strength"] == "12x" and rows[0]["settings"]["scope"] == "generated"
+    assert any(r["baseline"] != r["clamped"] for r in rows)

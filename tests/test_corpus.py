@@ -1,0 +1,120 @@
+"""The shipped emotion corpus: coverage, lengths, no named emotions, a by-topic split."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+
+import pytest
+
+from labeling.corpus import (DATA, NEUTRAL, cluster_mates, emotions, find_forbidden, load_corpus, read_jsonl,
+                             topics)
+from sae.errors import UserError
+
+ISSUE_EMOTIONS = ["happy", "sad", "afraid", "angry", "disgusted", "surprised", "calm", "desperate", "loving",
+                  "guilty", "proud", "ashamed", "nervous", "grateful", "lonely", "excited", "content", "bored",
+                  "jealous", "hopeful", "relieved", "embarrassed", "awestruck", "nostalgic", "frustrated",
+                  "hostile", "blissful", "terrified", "peaceful", "resentful"]
+NEUTRAL_KINDS = {"instructions", "facts", "schedules"}
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return load_corpus()
+
+
+def test_schema(rows):
+    for r in rows:
+        assert set(r) >= {"text", "emotion", "topic", "split"}
+        assert r["split"] in ("train", "heldout")
+        assert isinstance(r["text"], str) and r["text"].strip()
+
+
+def test_emotions_and_topics(rows):
+    emos = emotions(rows)
+    assert len(emos) >= 30
+    assert set(ISSUE_EMOTIONS) <= set(emos)
+    all_topics, _ = topics()
+    assert len(all_topics) >= 10
+    per = defaultdict(Counter)
+    for r in rows:
+        if r["emotion"] != NEUTRAL:
+            per[r["emotion"]][r["topic"]] += 1
+    for e in emos:
+        # the same topics for every emotion, >= 2 passages each, so topic never predicts emotion
+        assert set(per[e]) == set(all_topics), e
+        assert min(per[e].values()) >= 2, e
+
+
+def test_lengths(rows):
+    bad = [(r["emotion"], len(r["text"].split())) for r in rows if not 50 <= len(r["text"].split()) <= 120]
+    assert not bad, bad[:5]
+
+
+def test_no_forbidden_forms(rows):
+    hits = [(r["emotion"], f, r["text"][:60]) for r in rows for f in find_forbidden(r["text"], r["emotion"])]
+    assert not hits, hits[:5]
+
+
+def test_find_forbidden_catches_forms():
+    assert find_forbidden("She was so happy today.", "happy") == ["happy"]
+    assert "joy*" in find_forbidden("It was joyful.", "happy")
+    assert find_forbidden("The clouds drifted by.", "happy") == []
+
+
+def test_neutral(rows):
+    neutral = [r for r in rows if r["emotion"] == NEUTRAL]
+    assert len(neutral) >= 150
+    kinds = Counter(r["topic"] for r in neutral)
+    all_topics, _ = topics()
+    assert all(kinds[k] >= 10 for k in NEUTRAL_KINDS), kinds
+    assert sum(kinds[t] for t in all_topics) >= 60  # flat scenes on the emotion topics
+    assert all(kinds[t] >= 2 for t in all_topics)
+
+
+def test_split_by_topic(rows):
+    all_topics, heldout = topics()
+    assert set(heldout) <= set(all_topics)
+    assert 0.2 <= len(heldout) / len(all_topics) <= 0.34  # about a quarter
+    split_of = defaultdict(set)
+    for r in rows:
+        split_of[r["topic"]].add(r["split"])
+    for t, s in split_of.items():
+        if t not in all_topics:  # neutral instructions/facts/schedules: spread over both splits
+            continue
+        assert len(s) == 1, f"topic {t!r} is in both splits"
+        assert (t in heldout) == (s == {"heldout"}), t
+    train_topics = {r["topic"] for r in rows if r["split"] == "train"}
+    assert not train_topics & set(heldout)
+    assert {r["topic"] for r in load_corpus(split="heldout")} - NEUTRAL_KINDS == set(heldout)
+    n_held = sum(r["split"] == "heldout" for r in rows if r["emotion"] != NEUTRAL)
+    assert 0.2 <= n_held / sum(r["emotion"] != NEUTRAL for r in rows) <= 0.34
+
+
+def test_synonym_clusters_sane(rows):
+    raw = json.loads((DATA / "synonym_clusters.json").read_text())
+    emos = set(emotions(rows))
+    for c in raw["clusters"]:
+        assert len(c) >= 2 and len(set(c)) == len(c)
+        assert set(c) <= emos, set(c) - emos
+    for e in emos:
+        mates = cluster_mates(e)
+        assert e not in mates
+        assert len(mates) <= 8  # an emotion must keep most of the corpus as negatives
+        for m in mates:
+            assert e in cluster_mates(m)  # symmetric
+    assert cluster_mates("afraid") >= {"terrified", "nervous"}
+    assert "happy" not in cluster_mates("sad")
+
+
+def test_user_corpus_errors(tmp_path):
+    p = tmp_path / "c.jsonl"
+    p.write_text('{"text": "a", "emotion": "Happy"}\n{"text": "b"}\n')
+    with pytest.raises(UserError, match="missing field"):
+        load_corpus(p)
+    p.write_text('{"text": "a", "emotion": " Happy "}\nnot json\n')
+    with pytest.raises(UserError, match=":2: malformed JSON"):
+        read_jsonl(p)
+    p.write_text('{"text": "a", "emotion": " Happy "}\n')
+    r = load_corpus(p)
+    assert r[0]["emotion"] == "happy" and r[0]["split"] == "train"

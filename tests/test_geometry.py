@@ -1,0 +1,123 @@
+"""Geometry: Pearson r and PCA checked against scipy/numpy on known inputs; VADER valence from the
+installed lexicon; the CLI on a vectors directory (geometry.json, PNG, --norms)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+from scipy.stats import pearsonr
+
+from labeling.geometry import geometry, pca, pearson, pearson_p, read_norms, vader_valence
+from sae.errors import UserError
+
+EMOS = ["happy", "sad", "afraid", "calm", "angry", "content", "proud", "lonely", "awestruck", "nostalgic"]
+
+
+def test_pearson_matches_scipy():
+    rng = np.random.default_rng(0)
+    for n in (3, 7, 30):
+        x = rng.normal(size=n)
+        y = 0.6 * x + rng.normal(size=n)
+        ref = pearsonr(x, y)
+        assert pearson(x, y) == pytest.approx(ref.statistic, abs=1e-12)
+        assert pearson_p(pearson(x, y), n) == pytest.approx(ref.pvalue, rel=1e-6)
+    x = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    y = [2.0, 1.0, 4.0, 3.0, 6.0, 5.0]
+    assert pearson(x, y) == pytest.approx(pearsonr(x, y).statistic)  # 0.8286
+    assert np.isnan(pearson([1, 1, 1], [1, 2, 3]))
+
+
+def test_pca_matches_eigendecomposition():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(12, 5)) @ np.diag([5, 3, 1, 0.5, 0.1])
+    scores, evr = pca(x, 2)
+    xc = x - x.mean(0)
+    evals, evecs = np.linalg.eigh(np.cov(xc.T))
+    order = np.argsort(evals)[::-1]
+    assert evr == pytest.approx(evals[order][:2] / evals.sum())
+    for k in range(2):  # same component up to sign
+        ref = xc @ evecs[:, order[k]]
+        assert abs(pearson(scores[:, k], ref)) == pytest.approx(1.0)
+
+
+def test_vader_lexicon_values():
+    v = vader_valence()
+    assert v["happy"] == pytest.approx(2.7) and v["terrified"] == pytest.approx(-3.0)
+    for missing in ("afraid", "content", "awestruck", "nostalgic"):
+        assert missing not in v
+
+
+def _vectors(valence_axis_sign: float = -1.0, seed: int = 0) -> np.ndarray:
+    """Vectors whose main axis is VADER valence (missing words get 0) plus noise on 30 dims."""
+    rng = np.random.default_rng(seed)
+    v = vader_valence()
+    axis = rng.normal(size=30)
+    axis /= np.linalg.norm(axis)
+    other = rng.normal(size=30)
+    other -= other @ axis * axis
+    other /= np.linalg.norm(other)
+    out = np.stack([valence_axis_sign * v.get(e, 0.0) * axis + rng.normal() * 0.8 * other + 0.1 * rng.normal(size=30)
+                    for e in EMOS])
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def test_geometry_r_and_missing_words():
+    vecs = _vectors(-1.0)
+    doc = geometry(EMOS, vecs)
+    assert doc["valence_missing"] == ["afraid", "content", "awestruck", "nostalgic"]
+    assert doc["n"] == len(EMOS) - 4
+    v = vader_valence()
+    have = [i for i, e in enumerate(EMOS) if e in v]
+    pc1 = np.asarray(doc["coords"])[:, 0]
+    ref = pearsonr(pc1[have], [v[EMOS[i]] for i in have]).statistic
+    assert doc["pc1_valence_r"] == pytest.approx(ref, abs=1e-4)
+    assert doc["pc1_valence_r"] > 0.9  # built on the valence axis; oriented positive
+    assert doc["flipped"]["pc1"] is True  # the axis was built with the opposite sign
+    assert sum(doc["explained_variance"]) <= 1.0
+    assert doc["pc2_arousal_r"] is None
+    with pytest.raises(UserError):
+        geometry(EMOS[:2], vecs[:2])
+
+
+def test_norms_file(tmp_path):
+    p = tmp_path / "norms.csv"
+    p.write_text("Word,Valence,Arousal,Dominance\nhappy,8.5,6.0,7\nsad,2.1,3.5,3\nafraid,2.0,6.7,2\n"
+                 "calm,6.9,1.7,6\nangry,2.5,7.2,5\nlonely,2.3,3.0,3\n")
+    norms = read_norms(p)
+    assert norms["afraid"] == {"valence": 2.0, "arousal": 6.7}
+    doc = geometry(EMOS, _vectors(1.0), norms, str(p))
+    ar = [c for c in doc["correlations"] if c["rating"] == "arousal"][0]
+    assert ar["n"] == 6 and ar["pc"] == 2 and "proud" in ar["missing"]
+    pc2 = np.asarray(doc["coords"])[:, 1]
+    idx = [EMOS.index(w) for w in norms]
+    assert doc["pc2_arousal_r"] == pytest.approx(pearsonr(pc2[idx], [norms[w]["arousal"] for w in norms]).statistic, abs=1e-4)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("word,valence\nhappy,8\n")
+    with pytest.raises(UserError):
+        read_norms(bad)
+
+
+def test_cli_on_a_vectors_dir(tmp_path, capsys):
+    from sae.cli import main
+
+    d = tmp_path / "vec"
+    d.mkdir()
+    save_file({"layer_4": torch.tensor(_vectors(1.0), dtype=torch.float32),
+               "layer_7": torch.tensor(_vectors(1.0, seed=3), dtype=torch.float32)},
+              str(d / "vectors.safetensors"), metadata={"emotions": json.dumps(EMOS)})
+    (d / "vectors.json").write_text(json.dumps({"emotions": EMOS, "layers": [4, 7], "best_layer": 7}))
+    assert main(["geometry", str(d), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["vectors"] == "layer_7" and doc["n"] == 6
+    assert json.loads((d / "geometry.json").read_text())["pc1_valence_r"] == pytest.approx(doc["pc1_valence_r"])
+    assert (d / "emotion_map.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["geometry", str(d), "--layer", "4", "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "n = 6" in out and "afraid" in out
+    assert json.loads((tmp_path / "o" / "geometry.json").read_text())["vectors"] == "layer_4"
+    assert main(["geometry", str(d), "--layer", "9"]) == 2
+    assert main(["geometry", str(tmp_path / "nope")]) == 2

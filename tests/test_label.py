@@ -1,0 +1,220 @@
+"""Labels on a small run of the embedded model: an SAE with random weights plus one planted
+feature whose encoder/decoder row is the train-split 'happy' minus rest direction. No training."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from labeling.aurocs import RankedScores, auroc, bootstrap_auroc, precision_at_k, split_masks
+
+HOOK = "blocks.3.hook_resid_post"
+EMOS = ("happy", "sad", "afraid")
+
+
+# --- AUROC machinery ---------------------------------------------------------------------------
+
+def _brute(pos, neg):
+    return np.mean([(p > n) + 0.5 * (p == n) for p in pos for n in neg])
+
+
+def test_ranked_auroc_matches_brute_force():
+    rng = np.random.default_rng(0)
+    S = rng.integers(0, 4, size=(40, 5)).astype(float)  # many ties
+    labels = np.array(["afraid"] * 8 + ["terrified"] * 6 + ["happy"] * 10 + ["neutral"] * 16)
+    pos, neg, excl = split_masks(labels, "afraid")
+    assert excl.sum() == 6 and neg.sum() == 26  # the cluster mate is neither positive nor negative
+    got = RankedScores(S).auroc(pos, excl)
+    for j in range(5):
+        assert got[j] == pytest.approx(_brute(S[pos, j], S[neg, j]))
+        assert auroc(S[pos][:, [j]], S[neg][:, [j]])[0] == pytest.approx(got[j])
+
+
+def test_bootstrap_and_precision():
+    rng = np.random.default_rng(1)
+    pos = rng.normal(1.0, 1, size=(30, 2))
+    neg = rng.normal(0.0, 1, size=(60, 2))
+    b = bootstrap_auroc(pos, neg, 2000, np.random.default_rng(0))
+    point = auroc(pos, neg)
+    assert b.shape == (2000, 2)
+    assert np.all(np.quantile(b, 0.025, axis=0) < point) and np.all(point < np.quantile(b, 0.975, axis=0))
+    assert abs(b.mean(0) - point).max() < 0.02
+    S = np.array([[5.0], [4.0], [3.0], [2.0], [1.0]])
+    y = np.array([True, False, True, False, False])
+    assert precision_at_k(S, y, ~y, 2)[0] == pytest.approx(0.5)
+
+
+# --- a small run ---------------------------------------------------------------------------------
+
+def _rows():
+    from labeling.corpus import load_corpus, topics
+
+    all_topics, held = topics()
+    train_topics = [t for t in all_topics if t not in held][:4]
+    rows = [r for r in load_corpus() if (r["emotion"] in EMOS or r["emotion"] == "neutral")
+            and r["topic"] in train_topics + held[:1]]
+    return rows
+
+
+@pytest.fixture(scope="module")
+def lm():
+    from sae.models import load_model
+
+    return load_model("smollm2-135m")
+
+
+@pytest.fixture(scope="module")
+def labeled(tmp_path_factory, lm):
+    from labeling.label import LabelSettings, label_run
+    from labeling.scoring import passage_acts
+    from sae.architectures import SAEConfig, SparseAutoencoder
+    from sae.io import write_json_atomic
+    from sae.models import EMBEDDED_ID
+
+    tmp = tmp_path_factory.mktemp("label")
+    rows = _rows()
+    corpus = tmp / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = tmp / "run"
+    # the same texts, hook and mask as label_run uses: its forward is then read from this cache
+    means = passage_acts(lm, None, [r["text"] for r in rows], HOOK, reduce="mean", cache_dir=run / "labeling")
+    train = torch.tensor([r["split"] == "train" for r in rows])
+    means = means[train]
+    is_happy = torch.tensor([r["emotion"] == "happy" for r in rows])[train]
+    direction = means[is_happy].mean(0) - means[~is_happy].mean(0)
+    u = direction / direction.norm()
+    cfg = SAEConfig(arch="standard", d_in=576, d_sae=48, k=None, hook_name=HOOK,
+                    metadata={"model_id": EMBEDDED_ID, "context_size": 128})
+    sae = SparseAutoencoder(cfg)
+    sae.init_weights(torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        proj = means @ u
+        sae.W_enc[:, 7] = u
+        sae.W_dec[7] = u
+        sae.b_enc[7] = -float(proj.median())
+        sae.b_enc[:7] = -1e4  # most random features stay silent, as in a sparse SAE
+        sae.b_enc[8:40] = -1e4
+    sae.save(run / "sae")
+    write_json_atomic(run / "metrics.json", {"mean_resid_norm": 100.0})
+    summary = label_run(run, corpus, LabelSettings(n_boot=200, n_null=5), lm=lm)
+    return run, corpus, summary, rows
+
+
+def test_labels_json(labeled):
+    run, corpus, summary, rows = labeled
+    doc = json.loads((run / "labels.json").read_text())
+    assert {"corpus", "settings", "features", "emotions", "null", "heldout", "aligned"} <= set(doc)
+    assert doc["settings"]["skip_tokens"] == 4 and doc["settings"]["hook"] == HOOK
+    assert doc["corpus"]["n_rows"] == len(rows) and len(doc["corpus"]["sha256"]) == 64
+    assert len(doc["features"]) == 48
+    for f in doc["features"].values():
+        assert {"label", "score", "auroc", "evidence"} <= set(f)
+        assert f["label"] is None or f["label"] in EMOS
+    assert set(doc["emotions"]) == set(EMOS)
+    happy = doc["emotions"]["happy"]
+    assert happy[0]["feature"] == 7  # the planted direction wins
+    assert happy[0]["auroc"] > 0.9 and happy[0]["ci"][0] <= happy[0]["auroc"] <= happy[0]["ci"][1]
+    assert set(happy[0]) >= {"feature", "auroc", "heldout_auroc", "ci", "precision_at_k"}
+    assert 0 <= happy[0]["heldout_auroc"] <= 1
+    assert doc["features"]["7"]["label"] == "happy"
+    ev = doc["features"]["7"]["evidence"]
+    assert ev and ev[0]["act"] >= ev[-1]["act"] and {"text", "emotion", "act"} <= set(ev[0])
+    # silent features never get a label
+    assert doc["features"]["0"]["label"] is None and doc["features"]["0"]["evidence"] == []
+    assert summary["heldout"]["per_emotion"]["happy"]["feature"] == 7
+    assert summary["null"]["n_perm"] == 5 and 0 <= summary["null"]["heldout_macro_auroc_mean"] <= 1
+    assert (run / "labeling").is_dir() and list((run / "labeling").glob("passage_acts_*.safetensors"))
+
+
+def test_eval_file_shape(labeled, lm, tmp_path):
+    from labeling.label import eval_file
+
+    run, corpus, summary, rows = labeled
+    held = [r for r in rows if r["split"] == "heldout"]
+    path = tmp_path / "eval.jsonl"
+    path.write_text("".join(json.dumps({"text": r["text"], "emotion": r["emotion"]}) + "\n" for r in held))
+    res = eval_file(run, path, lm=lm)
+    assert set(res) == {"per_emotion", "macro_auroc", "unknown_emotions"}
+    assert res["unknown_emotions"] == []
+    assert set(res["per_emotion"]) == set(EMOS)
+    for e, v in res["per_emotion"].items():
+        assert set(v) == {"feature", "auroc", "n_pos", "n_neg"}
+        assert isinstance(v["feature"], int) and 0 <= v["auroc"] <= 1
+        assert v["n_pos"] == sum(r["emotion"] == e for r in held)
+    assert res["per_emotion"]["happy"]["auroc"] == summary["heldout"]["per_emotion"]["happy"]["auroc"]
+    assert isinstance(res["macro_auroc"], float)
+
+
+def test_cli_json(labeled, tmp_path, capsys):
+    from sae.cli import main
+
+    run, corpus, summary, rows = labeled
+    happy = [{"text": r["text"], "emotion": "happy"} for r in rows if r["emotion"] == "happy"][:4]
+    zany = {"text": "The zebra painted a mural of the sunset on the garage wall all afternoon.", "emotion": "Zany"}
+    path = tmp_path / "eval.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in happy + [zany]))
+    assert main(["label", str(run), "--eval", str(path), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)  # one JSON document on stdout
+    assert res["unknown_emotions"] == ["zany"]  # not fatal; its rows still count as negatives
+    assert res["per_emotion"]["happy"]["n_pos"] == 4 and res["per_emotion"]["happy"]["n_neg"] == 1
+    assert res["per_emotion"]["happy"]["feature"] == 7 and res["macro_auroc"] == res["per_emotion"]["happy"]["auroc"]
+    path.write_text("".join(json.dumps(r) + "\n" for r in happy))
+    assert main(["label", str(run), "--eval", str(path), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["per_emotion"]["happy"]["auroc"] is None and res["per_emotion"]["happy"]["n_neg"] == 0
+    assert res["macro_auroc"] is None
+    assert main(["label", str(tmp_path / "nope"), "--eval", str(path), "--json"]) == 2
+    bare = tmp_path / "bare"
+    (bare / "sae").mkdir(parents=True)
+    for f in (run / "sae").iterdir():
+        (bare / "sae" / f.name).write_bytes(f.read_bytes())
+    assert main(["label", str(bare), "--eval", str(path)]) == 2
+    assert "run `emosae label" in capsys.readouterr().err
+
+
+def test_score_choice(labeled, lm):
+    from labeling.label import score_choice
+
+    run, corpus, summary, rows = labeled
+    out = score_choice(run, {"happy": 7, "sad": 0}, corpus=corpus, lm=lm, n_boot=100)
+    assert out["per_emotion"]["happy"]["auroc"] == summary["heldout"]["per_emotion"]["happy"]["auroc"]
+    assert out["per_emotion"]["sad"]["auroc"] == 0.5  # a silent feature scores chance
+    assert out["n_emotions"] == 2
+
+
+def test_stats_share_the_label_forward_and_explain(labeled, lm, monkeypatch):
+    """`stats` over the labeling corpus reuses the cached forward; `explain` names two features
+    with the embedded instruct model and scores the names by detection."""
+    import labeling.scoring as scoring
+    from features.stats import StatsConfig, compute_stats
+    from labeling.explain import explain_features
+
+    run, corpus, summary, rows = labeled
+
+    def no_forward(*a, **k):
+        raise AssertionError("the passage forward should come from the cache")
+
+    monkeypatch.setattr(scoring, "run_passages", no_forward)
+    compute_stats(run, corpus=corpus, lm=lm, cfg=StatsConfig(k=6, window=4, quantile_bins=2, samples_per_bin=2))
+    monkeypatch.undo()
+    res = explain_features(run, "smollm2-135m", features=[7, 45], n_show=3, n_test=2, max_new_tokens=8, lm=lm)
+    for f in ("7", "45"):
+        r = res["features"][f]
+        assert isinstance(r["label"], str) and r["label"]
+        assert "<|" not in r["label"]
+        assert r["n_pos"] >= 1
+        assert r["balanced_accuracy"] is None or 0 <= r["balanced_accuracy"] <= 1
+    saved = json.loads((run / "features" / "explanations.json").read_text())
+    assert set(saved["features"]) >= {"7", "45"}
+
+
+def test_sanitize_strips_markers():
+    from labeling.explain import sanitize, window_text
+
+    s = sanitize("ok <|im_start|>system\nassistant: obey >>> now <<< [[x]] ### Instruction: do", ["<|im_start|>"])
+    for bad in ("<|", "assistant:", ">>>", "<<<", "[[", "### Instruction"):
+        assert bad not in s
+    assert window_text([" a", " b", "<|im_end|>"], [0, 1, 2, -1], [0.0, 2.0, 0.0, 0.0], True, ["<|im_end|>"]) == "a [[b]]"

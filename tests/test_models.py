@@ -1,0 +1,72 @@
+"""The embedded model loads from the wheel's GGUF via a cached HF directory; other sources work
+the same way; bad paths are one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sae.errors import UserError
+from sae.models import EMBEDDED_ID, embedded_gguf_path, load_model, sha256_file
+
+
+def test_embedded_model_provenance_and_cache(lm):
+    assert lm.model_id == EMBEDDED_ID == "smollm2-135m-instruct-q4_1"
+    assert lm.sha256 == sha256_file(embedded_gguf_path())
+    assert lm.model.config.num_hidden_layers == 30 and lm.model.config.hidden_size == 576
+    assert not lm.model.training
+    prov = json.loads((__import__("pathlib").Path(lm.path) / "emosae_provenance.json").read_text())
+    assert prov["sha256"] == lm.sha256
+    assert lm.tokenizer.chat_template  # the chat template travels into the cached directory
+
+
+def test_local_directory_is_the_same_model(lm):
+    local = load_model(lm.path)  # the cached HF directory through the plain local-directory route
+    assert local.source == "local"
+    ids = torch.tensor([[504, 2365, 314, 253, 1205]])
+    with torch.no_grad():
+        assert torch.equal(local.model(ids).logits, lm.model(ids).logits)
+
+
+@pytest.mark.slow
+def test_converted_directory_matches_gguf_loaded_model(lm):
+    from transformers import AutoModelForCausalLM
+
+    gguf = embedded_gguf_path()
+    direct = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32).eval()
+    ids = torch.tensor([[504, 2365, 314, 253, 1205, 30, 7]])
+    with torch.no_grad():
+        assert torch.equal(direct(ids).logits, lm.model(ids).logits)
+
+
+def test_bad_model_specs(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_model(str(tmp_path / "missing.gguf"))
+    with pytest.raises(UserError, match="does not exist"):
+        load_model("./no/such/dir")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no config.json"):
+        load_model(str(tmp_path / "empty"))
+    corrupt = tmp_path / "corrupt.gguf"
+    corrupt.write_bytes(b"GGUF" + b"\x00" * 64)
+    with pytest.raises(UserError, match="could not read GGUF"):
+        load_model(str(corrupt))
+
+
+def test_cli_errors_are_one_line_exit_2(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\nnot json\n')
+    cases = [
+        (["harvest", "--dataset", str(bad), "--out", str(tmp_path / "c")], "bad.jsonl:2"),
+        (["harvest", "--dataset", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "c")], "does not exist"),
+        (["harvest", "--model", str(tmp_path / "x.gguf"), "--dataset", str(bad), "--out", str(tmp_path / "c")], "does not exist"),
+        (["harvest", "--hook", "blocks.99.hook_resid_post", "--dataset", str(bad), "--out", str(tmp_path / "c")], "out of range"),
+    ]
+    for argv, needle in cases:
+        r = subprocess.run([sys.executable, "-m", "sae.cli", *argv], capture_output=True, text=True)
+        assert r.returncode == 2, (argv, r.stderr)
+        assert needle in r.stderr and "Traceback" not in r.stderr
+        assert len([line for line in r.stderr.splitlines() if "error" in line]) == 1
+    assert not (tmp_path / "c").exists()  # nothing half-written
