@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-MODULES = ("features.stats", "features.vectors", "features.monitor", "features.clamp_cli",
+MODULES = ("features.stats", "features.vectors", "features.monitor", "features.clamp_cli", "features.demo",
            "features.sweep", "features.browser")
 
 

@@ -1,0 +1,222 @@
+"""`emosae demo`: the whole mission on the embedded model, one step after another, each step
+skipped when its output is already there (so an interrupted demo resumes and a re-run is quick):
+
+  train (harvest into the run's activation cache, then the SAE) -> statistics from that cache ->
+  labels on the emotion corpus, scored on the held-out topics -> emotion vectors at the run's
+  layer + alignment with the SAE -> geometry (PC1 vs valence) -> the acetaminophen dose template
+  through the monitor -> clamp a positive and a negative emotion feature, with a random control ->
+  browser export -> a summary table (stderr) and RUN/summary.json (stdout with --json)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from sae.errors import UserError
+from sae.io import read_json, write_json_atomic
+
+log = logging.getLogger("emosae")
+
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo-cpu.yaml"
+CLAMP_TARGETS = (("happy", "blissful"), ("sad", "afraid"))  # one positive, one negative (first labeled)
+CLAMP_STRENGTH = "8x"
+
+
+def _config_path() -> Path:
+    if DEMO_CONFIG.exists():
+        return DEMO_CONFIG
+    raise UserError(f"demo config {DEMO_CONFIG} is missing; run the demo from an emosae checkout")
+
+
+def _step(name: str, done: bool, fn, timings: dict):
+    if done:
+        log.info("demo: %s — already done, reusing it", name)
+        timings[name] = 0.0
+        return None
+    log.info("demo: %s ...", name)
+    t = time.time()
+    out = fn()
+    timings[name] = round(time.time() - t, 1)
+    log.info("demo: %s done in %.0fs", name, timings[name])
+    return out
+
+
+def run_demo(run_dir: str | Path = "runs/demo", fresh: bool = False, overrides: list[str] | None = None,
+             clamp_prompts: int = 8, clamp_samples: int = 4) -> dict:
+    import torch
+
+    from sae.config import load_config
+    from sae.models import load_model
+    from sae.trainer import train
+
+    torch.set_flush_denormal(True)
+    run = Path(run_dir).resolve()
+    if fresh and run.exists():
+        shutil.rmtree(run)
+    run.mkdir(parents=True, exist_ok=True)
+    cfg_path = _config_path()
+    overrides = [f"data.cache={run / 'cache'}", *(overrides or [])]
+    cfg = load_config(cfg_path, overrides)
+    if not Path(cfg.data.dataset).is_absolute() and not Path(cfg.data.dataset).exists():
+        cfg.data.dataset = str(cfg_path.parents[1] / cfg.data.dataset)
+    timings: dict[str, float] = {}
+    summary_path = run / "summary.json"
+    metrics_path = run / "metrics.json"
+
+    def do_train():
+        resume = (run / "checkpoints").exists() and any((run / "checkpoints").iterdir())
+        return train(cfg, run, resume=resume or (run / "config.yaml").exists())
+    _step("train", metrics_path.exists(), do_train, timings)
+    metrics = read_json(metrics_path)
+
+    lm = load_model(cfg.model.name)
+
+    from features.stats import compute_stats
+    cache_train = run / "cache" / "train"
+    _step("statistics", (run / "features" / "stats.safetensors").exists(),
+          lambda: compute_stats(run, cache_dir=cache_train if cache_train.exists() else None, lm=lm), timings)
+
+    from labeling.label import label_run, read_labels
+    labels_done = (run / "labels.json").exists() and "emotions" in read_labels(run)
+    _step("labels", labels_done, lambda: label_run(run, lm=lm), timings)
+    labels = read_labels(run)
+
+    from features.vectors import alignment_report, compute_vectors, merge_into_labels
+    from sae.architectures import load_sae
+    from sae.hooks import parse_hook
+    sae = load_sae(run)
+    layer = parse_hook(sae.hook_name, lm.model).layer
+
+    def do_vectors():
+        result = compute_vectors(lm, [layer], cached_hooks=[sae.hook_name], cache_dir=run / "labeling")
+        result.save(run / "vectors")
+        rep = alignment_report(result, sae, sae.hook_name, run, lm)
+        merge_into_labels(run, rep["aligned"], rep["summary"])
+    _step("emotion vectors", (run / "vectors" / "vectors.safetensors").exists()
+          and "aligned" in read_labels(run), do_vectors, timings)
+
+    from labeling.geometry import run_geometry
+    geo_path = run / "geometry.json"
+    _step("geometry", geo_path.exists(), lambda: run_geometry(run, out=run), timings)
+    geo = read_json(geo_path)
+
+    from features.dose import dose_response, load_templates
+    from features.monitor import Monitor
+    dose_path = run / "dose" / "dose.json"
+
+    def do_dose():
+        mon = Monitor.from_run(run, ["afraid", "calm"], lm=lm, require_vectors=False)
+        templates = [t for t in load_templates() if t["name"] in ("acetaminophen",) or t.get("control")]
+        doc = dose_response(mon, templates)
+        write_json_atomic(dose_path, doc)
+    _step("dose template", dose_path.exists(), do_dose, timings)
+    dose = read_json(dose_path)
+
+    from features.sweep import run_sweeps
+    clamp_path = run / "clamp" / "clamp.json"
+    chosen = {e for e, v in (labels.get("emotions") or {}).items() if v}
+    targets = [next((e for e in group if e in chosen), None) for group in CLAMP_TARGETS]
+    targets = [t for t in targets if t]
+
+    def do_clamp():
+        prompts = None
+        from features.clamp_cli import load_prompt_file
+        from features.sweep import DEFAULT_PROMPTS
+        prompts = load_prompt_file(DEFAULT_PROMPTS)[:clamp_prompts]
+        results = run_sweeps(run, targets, [f"0", CLAMP_STRENGTH], prompts=prompts, samples=clamp_samples,
+                             control="max", lm=lm, out_dir=run / "clamp")
+        write_json_atomic(clamp_path, results)
+    _step("clamp", clamp_path.exists() or not targets, do_clamp, timings)
+    clamp_results = read_json(clamp_path) if clamp_path.exists() else []
+
+    from features.browser.export import export_site
+    export_dir = run / "browser"
+    _step("browser export", (export_dir / "index.html").exists(), lambda: export_site(run, export_dir), timings)
+
+    summary = _summary(run, metrics, labels, geo, dose, clamp_results, export_dir, timings)
+    write_json_atomic(summary_path, summary)
+    return summary
+
+
+def _rho(dose: dict, emotion: str, kind: str = "features") -> float | None:
+    for t in dose.get("templates", []):
+        if t.get("name") == "acetaminophen":
+            return (t.get("rho", {}).get(kind) or {}).get(emotion)
+    return None
+
+
+def _summary(run: Path, metrics: dict, labels: dict, geo: dict, dose: dict, clamp_results: list, export_dir: Path,
+             timings: dict) -> dict:
+    held = labels.get("heldout") or {}
+    per = held.get("per_emotion") or {}
+    n_ok = held.get("n_auroc_ge_0_9")
+    if n_ok is None:
+        n_ok = sum(1 for v in per.values() if (v.get("auroc") or 0) >= 0.9)
+    pc1 = (geo.get("pc1_valence") or {}).get("r") if isinstance(geo.get("pc1_valence"), dict) else geo.get("pc1_valence_r")
+    clamp = {}
+    for res in clamp_results:
+        rows = [r for r in res.get("rows", []) if r.get("strength") not in ("0", "0.0")]
+        if rows:
+            r = rows[-1]
+            clamp[res.get("label") or res.get("target")] = {
+                "feature": res.get("feature"), "strength": r.get("strength"), "delta_vader": r.get("delta"),
+                "delta_ci": [r.get("delta_lo"), r.get("delta_hi")], "control_delta_vader": r.get("control_delta"),
+                "control_ci": [r.get("control_delta_lo"), r.get("control_delta_hi")], "ppl_ratio": r.get("ppl_ratio")}
+    control = next((t for t in dose.get("templates", []) if t.get("control")), {})
+    return {
+        "run_dir": str(run), "fve": metrics.get("fve"), "l0": metrics.get("l0"), "dead": metrics.get("dead"),
+        "ce_loss_score": metrics.get("ce_loss_score"), "tokens": metrics.get("tokens"),
+        "n_auroc_ge_0_9": n_ok, "n_emotions": len(per) or len(labels.get("emotions") or {}),
+        "macro_auroc": held.get("macro_auroc"), "null_macro_auroc": (labels.get("null") or {}).get("macro_auroc"),
+        "pc1_valence_r": pc1, "pc1_valence_n": (geo.get("pc1_valence") or {}).get("n") if isinstance(geo.get("pc1_valence"), dict) else None,
+        "afraid_dose_rho": _rho(dose, "afraid"), "calm_dose_rho": _rho(dose, "calm"),
+        "afraid_dose_rho_vector": _rho(dose, "afraid", "vectors"), "calm_dose_rho_vector": _rho(dose, "calm", "vectors"),
+        "control_dose_rho": (control.get("rho", {}).get("features") or {}) if control else None,
+        "clamp": clamp, "export_dir": str(export_dir), "serve": f"emosae browse {run}",
+        "seconds": timings,
+    }
+
+
+def format_table(s: dict) -> str:
+    def f(v, spec=".3f"):
+        return "-" if v is None else format(v, spec) if isinstance(v, (int, float)) else str(v)
+    lines = [
+        "emosae demo summary",
+        f"  SAE            FVE {f(s['fve'])}   L0 {f(s['l0'], '.1f')}   dead {f(s['dead'])}   CE-loss score {f(s['ce_loss_score'])}",
+        f"  labels         {f(s['n_auroc_ge_0_9'], 'd')}/{f(s['n_emotions'], 'd')} emotions with held-out AUROC >= 0.9"
+        f"   macro {f(s['macro_auroc'])}   (shuffled-label null {f(s['null_macro_auroc'])})",
+        f"  geometry       PC1 vs valence r = {f(s['pc1_valence_r'])} (n = {f(s['pc1_valence_n'], 'd')})",
+        f"  dose           acetaminophen: afraid rho {f(s['afraid_dose_rho'])}, calm rho {f(s['calm_dose_rho'])} (feature);"
+        f" {f(s['afraid_dose_rho_vector'])}, {f(s['calm_dose_rho_vector'])} (vector)",
+    ]
+    for e, c in s["clamp"].items():
+        lines.append(f"  clamp {e:<9}feature {c['feature']} at {c['strength']}: VADER {f(c['delta_vader'], '+.3f')}"
+                     f" [{f(c['delta_ci'][0], '+.2f')}, {f(c['delta_ci'][1], '+.2f')}]"
+                     f"   random control {f(c['control_delta_vader'], '+.3f')}"
+                     f" [{f(c['control_ci'][0], '+.2f')}, {f(c['control_ci'][1], '+.2f')}]")
+    lines.append(f"  browser        {s['export_dir']}/index.html   serve: {s['serve']}")
+    return "\n".join(lines)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="the whole pipeline on the embedded model, with a summary")
+    p.add_argument("--run", default="runs/demo", help="run directory (default runs/demo)")
+    p.add_argument("--fresh", action="store_true", help="delete the run directory and start over")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, e.g. data.tokens=50000")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    p.set_defaults(func=_cli)
+
+
+def _cli(args: argparse.Namespace) -> int:
+    from sae.cli import print_json
+
+    summary = run_demo(args.run, args.fresh, args.set)
+    import sys
+    print(format_table(summary), file=sys.stderr)
+    if args.json:
+        print_json(summary)
+    return 0
