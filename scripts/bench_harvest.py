@@ -1,0 +1,122 @@
+"""Harvest throughput against the limit: a bare forward stopped at the same layer, on the same
+batches of the embedded model, in one run; plus a full (untruncated) forward for scale, and peak
+RSS of harvesting into the disk cache at 1x and 10x the tokens (memory must not grow with it).
+
+    .venv/bin/python scripts/bench_harvest.py [--tokens 16384] [--layer 15] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from sae.data import token_batches  # noqa: E402
+from sae.harvest import ShuffleBuffer, harvest  # noqa: E402
+from sae.models import load_model  # noqa: E402
+
+CORPUS = Path(__file__).resolve().parents[1] / "labeling" / "data"
+
+
+def default_source() -> str:
+    general = CORPUS / "general_corpus.jsonl.gz"
+    return str(general if general.exists() else CORPUS / "corpus")
+
+
+def bare_forward(model, batches, layer: int) -> float:
+    """The limit: the decoder stack cut after `layer`, no hooks, no masking, no copies."""
+    inner = model.model
+    full = inner.layers
+    inner.layers = full[: layer + 1]
+    try:
+        t = time.perf_counter()
+        with torch.inference_mode():
+            for b in batches:
+                inner(**b.forward_kwargs(), use_cache=False)
+        return time.perf_counter() - t
+    finally:
+        inner.layers = full
+
+
+def full_forward(model, batches) -> float:
+    t = time.perf_counter()
+    with torch.inference_mode():
+        for b in batches:
+            model(**b.forward_kwargs(), use_cache=False)
+    return time.perf_counter() - t
+
+
+def harvest_into_buffer(lm, batches, hook: str) -> float:
+    buf = ShuffleBuffer(capacity=16384, batch_size=4096, seed=0)
+    t = time.perf_counter()
+    for chunk in harvest(lm.model, lm.tokenizer, batches, [hook]):
+        for _ in buf.add(chunk.acts):
+            pass
+    return time.perf_counter() - t
+
+
+def cache_peak_rss(tokens: int, layer: int, source: str) -> float:
+    """Peak RSS (MiB) of a separate process harvesting `tokens` into a fresh disk cache."""
+    code = ("import resource,sys;sys.path.insert(0,%r);from sae.harvest_cli import harvest_to_cache;"
+            "harvest_to_cache('smollm2-135m',['blocks.%d.hook_resid_post'],%r,%r,tokens=%d);"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024)")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = subprocess.run([sys.executable, "-c", code % (str(Path(__file__).resolve().parents[1]), layer, source,
+                                                          tmp + "/cache", tokens)],
+                             capture_output=True, text=True, check=True)
+        return float(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tokens", type=int, default=16384)
+    ap.add_argument("--layer", type=int, default=15)
+    ap.add_argument("--context-size", type=int, default=256)
+    ap.add_argument("--token-budget", type=int, default=4096)
+    ap.add_argument("--dataset", default=None)
+    ap.add_argument("--memory", action="store_true", help="also measure peak RSS at 1x and 10x tokens (slow)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    torch.set_flush_denormal(True)
+    source = args.dataset or default_source()
+    lm = load_model()
+    hook = f"blocks.{args.layer}.hook_resid_post"
+    batches = list(token_batches(source, lm.tokenizer, args.context_size, args.token_budget, limit_tokens=args.tokens))
+    n = sum(b.n_tokens for b in batches)
+    bare_forward(lm.model, batches[:1], args.layer)  # warm-up
+    t_bare = bare_forward(lm.model, batches, args.layer)
+    t_harvest = harvest_into_buffer(lm, batches, hook)
+    t_bare2 = bare_forward(lm.model, batches, args.layer)  # again, to bracket machine noise
+    t_full = full_forward(lm.model, batches)
+    bare = n / min(t_bare, t_bare2)
+    result = {"tokens": n, "layer": args.layer, "bare_truncated_tokens_per_s": bare,
+              "harvest_tokens_per_s": n / t_harvest, "ratio": (n / t_harvest) / bare,
+              "full_forward_tokens_per_s": n / t_full}
+    if args.memory:
+        small, big = args.tokens // 4, args.tokens * 10 // 4
+        result["peak_rss_mib"] = {str(small): cache_peak_rss(small, args.layer, source),
+                                  str(big): cache_peak_rss(big, args.layer, source)}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"tokens {n}, layer {args.layer}")
+        print(f"bare forward cut at layer {args.layer}: {bare:8.0f} tok/s")
+        print(f"harvest into shuffle buffer:      {n / t_harvest:8.0f} tok/s   ratio {result['ratio']:.2f}")
+        print(f"full forward (all 30 layers):     {n / t_full:8.0f} tok/s")
+        if args.memory:
+            for k, v in result["peak_rss_mib"].items():
+                print(f"peak RSS harvesting {k} tokens into the disk cache: {v:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
