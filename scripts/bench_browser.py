@@ -50,7 +50,7 @@ def first_render(browser, url: str, feature: bool = False) -> dict:
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(url)
-    page.wait_for_function("window.EMOSAE_FIRST_RENDER !== undefined", timeout=60_000)
+    page.wait_for_function("window.EMOSAE_FIRST_RENDER !== undefined", timeout=300_000)  # the baseline is slow
     # first render is stamped in the page (performance.now(), i.e. ms since navigation start);
     # the paint that follows is waited for so the number includes layout.
     page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")

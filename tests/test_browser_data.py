@@ -43,6 +43,14 @@ def test_js_literal_cannot_break_out_of_a_script():
         assert json.loads(out) == {"x": s, s: [s]}  # the escapes are plain JSON: the value is intact
 
 
+def test_js_register_json_parse_form():
+    obj = {"x": HOSTILE, "n": [1.5, None]}
+    text = js_register("index", 0, obj, parse=True).decode()
+    assert text.startswith('EMOSAE_register("index",0,JSON.parse("') and "<" not in text and "\u2028" not in text
+    inner = json.loads(text[len('EMOSAE_register("index",0,JSON.parse('):-len(");\n") - 1])  # the JS string
+    assert json.loads(inner) == obj
+
+
 def test_js_register_nan_and_lone_surrogates():
     data = js_register("block", 3, {"v": [float("nan"), float("inf"), 1.5], "s": "bad \udc80 byte"})
     text = data.decode("utf-8")  # valid UTF-8 even with a lone surrogate in the data

@@ -122,7 +122,7 @@ def test_clamp_playground_hidden_without_features_clamp(run_dir, monkeypatch):
     from features.browser.live import Live
 
     monkeypatch.setitem(sys.modules, "features.clamp", None)  # import now raises ImportError
-    live = Live(run_dir, "smollm2-135m")
+    live = Live(run_dir, "auto")  # the model recorded in the SAE metadata
     assert live.caps()["clamp"] is False and live.caps()["fire"] is True
     with pytest.raises(Exception, match="not available"):
         live.clamp({"feature": 0, "prompt": "hi"})

@@ -25,22 +25,6 @@ MAX_NEW_TOKENS = 80
 TOP_FEATURES = 30
 
 
-def _model_spec(run_dir: Path, spec: str) -> str:
-    """`auto`: the model the SAE was trained on (its recorded path if it exists here, else its id)."""
-    if spec != "auto":
-        return spec
-    from sae.architectures import find_sae_dir
-    from sae.io import read_json
-
-    meta = (read_json(find_sae_dir(run_dir) / "cfg.json").get("metadata") or {})
-    path = meta.get("model_path")
-    if isinstance(path, str) and Path(path).is_dir():
-        return path
-    if isinstance(meta.get("model_id"), str):
-        return meta["model_id"]
-    raise UserError(f"the SAE in {run_dir} does not record its model; give --model SPEC (e.g. smollm2-135m)")
-
-
 def _str(req: dict, key: str, limit: int, default: str | None = None) -> str:
     v = req.get(key, default)
     if not isinstance(v, str) or not v.strip():
@@ -61,12 +45,12 @@ class Live:
     """A model and the run's SAE, loaded once for the server's lifetime."""
 
     def __init__(self, run_dir: str | Path, model_spec: str = "auto", device: str = "cpu"):
+        from labeling.scoring import model_spec_for, outlier_mult_for
         from sae.architectures import load_sae
         from sae.hooks import parse_hook
         from sae.models import load_model
 
         run_dir = Path(run_dir)
-        self.lm = load_model(_model_spec(run_dir, model_spec), device=device)
         self.clamp_mod: Any = None
         self.assets: Any = None
         try:
@@ -77,11 +61,13 @@ class Live:
         except ImportError as e:
             log.info("browse: features.clamp is not available (%s); the clamp playground is hidden", e)
             self.sae = load_sae(run_dir, device=device)
+        self.lm = load_model(model_spec_for(self.sae) if model_spec == "auto" else model_spec, device=device)
         d_model = int(self.lm.model.config.hidden_size)
         if int(self.sae.W_dec.shape[1]) != d_model:
             raise UserError(f"the SAE reads d_in={self.sae.W_dec.shape[1]} but {self.lm.model_id} has hidden size "
                             f"{d_model}; give the --model the SAE was trained on")
         self.hook = parse_hook(self.sae.cfg.hook_name, self.lm.model)
+        self.outlier_mult = outlier_mult_for(run_dir, self.sae)  # the run's own mask setting
         self.lock = threading.Lock()
 
     def caps(self) -> dict:
@@ -104,7 +90,8 @@ class Live:
         with self.lock:
             acts = run_to_hooks(self.lm.model, [self.hook.name], input_ids=x)[self.hook.name][0]
             f = self.sae.encode(acts.to(self.sae.W_dec.dtype)).float()
-        keep = position_mask(x[0], torch.arange(len(ids), device=x.device), tok.all_special_ids, acts)
+        keep = position_mask(x[0], torch.arange(len(ids), device=x.device), tok.all_special_ids, acts,
+                             self.outlier_mult)
         f = f * keep[:, None]
         peak = f.max(dim=0).values
         k = min(TOP_FEATURES, int((peak > 0).sum()))

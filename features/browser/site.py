@@ -69,7 +69,7 @@ class Site:
             return self._cached(path, lambda: js_register("block", b, blocks.feature_block(self.run, b, self.opts)))
         builders = {
             "data/site.js": lambda: js_register("site", 0, blocks.site_info(self.run, self.opts, self.mode, self.live)),
-            "data/index.js": lambda: js_register("index", 0, blocks.index_data(self.run)),
+            "data/index.js": lambda: js_register("index", 0, blocks.index_data(self.run), parse=True),
             "data/emotions.js": lambda: js_register("emotions", 0, blocks.emotions_data(self.run, self.opts)),
             "data/run.js": lambda: js_register("run", 0, blocks.run_data(self.run)),
         }

@@ -16,10 +16,10 @@ import numpy as np
 
 from sae.io import atomic_path, write_json_atomic, write_text_atomic
 
-# Each payload, if it ever ran, would set the title to PWNED and flag window.__pwned.
+# Each payload, if it ever ran, would set the title to PWNED, flag window.__pwned or open a dialog.
 HOSTILE = [
     "<script>document.title='PWNED';window.__pwned=1</script>",
-    "<img src=x onerror=\"document.title='PWNED';window.__pwned=1\">",
+    "<img src=x onerror=\"alert(1);document.title='PWNED';window.__pwned=1\">",
     "\"><svg onload=\"document.title='PWNED';window.__pwned=1\">",
     "</script><script>document.title='PWNED';window.__pwned=1</script><!--",
     "javascript:document.title='PWNED'",
