@@ -153,10 +153,10 @@ def _summary(run: Path, metrics: dict, labels: dict, geo: dict, dose: dict, clam
              timings: dict) -> dict:
     held = labels.get("heldout") or {}
     per = held.get("per_emotion") or {}
-    n_ok = held.get("n_auroc_ge_0_9")
+    n_ok = held.get("n_at_threshold")
     if n_ok is None:
         n_ok = sum(1 for v in per.values() if (v.get("auroc") or 0) >= 0.9)
-    pc1 = (geo.get("pc1_valence") or {}).get("r") if isinstance(geo.get("pc1_valence"), dict) else geo.get("pc1_valence_r")
+    aligned_held = ((labels.get("aligned_summary") or {}).get("heldout") or {})
     clamp = {}
     for res in clamp_results:
         rows = [r for r in res.get("rows", []) if r.get("strength") not in ("0", "0.0")]
@@ -171,8 +171,10 @@ def _summary(run: Path, metrics: dict, labels: dict, geo: dict, dose: dict, clam
         "run_dir": str(run), "fve": metrics.get("fve"), "l0": metrics.get("l0"), "dead": metrics.get("dead"),
         "ce_loss_score": metrics.get("ce_loss_score"), "tokens": metrics.get("tokens"),
         "n_auroc_ge_0_9": n_ok, "n_emotions": len(per) or len(labels.get("emotions") or {}),
-        "macro_auroc": held.get("macro_auroc"), "null_macro_auroc": (labels.get("null") or {}).get("macro_auroc"),
-        "pc1_valence_r": pc1, "pc1_valence_n": (geo.get("pc1_valence") or {}).get("n") if isinstance(geo.get("pc1_valence"), dict) else None,
+        "macro_auroc": held.get("macro_auroc"),
+        "null_macro_auroc": (labels.get("null") or {}).get("heldout_macro_auroc_mean"),
+        "aligned_n_auroc_ge_0_9": aligned_held.get("n_at_threshold"), "aligned_macro_auroc": aligned_held.get("macro_auroc"),
+        "pc1_valence_r": geo.get("pc1_valence_r"), "pc1_valence_n": geo.get("n"),
         "afraid_dose_rho": _rho(dose, "afraid"), "calm_dose_rho": _rho(dose, "calm"),
         "afraid_dose_rho_vector": _rho(dose, "afraid", "vectors"), "calm_dose_rho_vector": _rho(dose, "calm", "vectors"),
         "control_dose_rho": (control.get("rho", {}).get("features") or {}) if control else None,

@@ -9,8 +9,8 @@ later chunk):
 - top-K activations with their +-W token window (token ids and this feature's per-token values,
   bounded by the row and the document) recorded when they enter the top-K;
 - quantile samples. Method: a uniform random sample of Q*S of the feature's non-zero occurrences
-  is kept by bottom-k priority sampling (each occurrence draws a seeded uniform key; the Q*S
-  smallest keys are kept). At the end the sample is sorted by activation and cut into Q
+  is kept by priority sampling (each occurrence draws a seeded uniform priority; the Q*S
+  highest are kept, which is a uniform sample without replacement). At the end the sample is sorted by activation and cut into Q
   equal-count bins of S, so bin q holds S occurrences drawn uniformly from between the feature's
   q/Q and (q+1)/Q activation quantiles as the sample estimates them (fewer when the feature fired
   fewer than Q*S times);
@@ -40,7 +40,8 @@ from sae.io import atomic_path, write_json_atomic
 
 log = logging.getLogger("emosae")
 
-QUANTILE_METHOD = ("bottom-k priority sample of Q*S non-zero occurrences per feature (seeded uniform keys), "
+QUANTILE_METHOD = ("priority sample (seeded uniform priorities, the Q*S highest kept = a uniform sample without "
+                   "replacement) of each feature's non-zero occurrences, "
                    "sorted by activation and cut into Q equal-count bins of S")
 HIST_METHOD = ("512 fine linear bins over [0, 2^e] merged pairwise as e grows, re-binned into 32 linear bins "
                "over [0, max_act] in proportion to overlap")
@@ -82,8 +83,31 @@ class Chunk:
         return self.rows.shape[1]
 
 
+def _per_feature_best(c: torch.Tensor, v: torch.Tensor, m: int
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For entries (feature c, priority v > 0): the features present, and each one's m best as
+    [n_features, m] priorities (-inf = none) and entry numbers (-1 = none), best first.
+
+    One stable sort on an int64 key (feature, then the float32 bit pattern of v, which orders
+    positive floats like their values)."""
+    bits = v.float().contiguous().view(torch.int32).long()
+    key = c * (1 << 31) + ((1 << 31) - 1 - bits)
+    order = torch.argsort(key, stable=True)
+    cs = c[order]
+    feats, counts = torch.unique_consecutive(cs, return_counts=True)
+    starts = counts.cumsum(0) - counts
+    grp = torch.repeat_interleave(torch.arange(len(feats), device=c.device), counts)
+    rank = torch.arange(order.numel(), device=c.device) - starts[grp]
+    keep = rank < m
+    score = torch.full((len(feats), m), -math.inf, device=c.device)
+    ent = torch.full((len(feats), m), -1, dtype=torch.long, device=c.device)
+    score[grp[keep], rank[keep]] = v[order[keep]].float()
+    ent[grp[keep], rank[keep]] = order[keep]
+    return feats, score, ent
+
+
 class Keeper:
-    """For every feature, the M entries with the highest `score` seen so far, each with its
+    """For every feature, the M entries with the highest priority seen so far, each with its
     activation, global index, document id and token window."""
 
     def __init__(self, d: int, m: int, T: int, device: torch.device):
@@ -95,29 +119,30 @@ class Keeper:
         self.tokens = torch.full((d, m, T), -1, dtype=torch.int32, device=device)
         self.token_acts = torch.zeros(d, m, T, device=device)
 
-    def offer(self, cand_score: torch.Tensor, cand_pos: torch.Tensor, f: torch.Tensor, win) -> None:
-        """`cand_score` / `cand_pos` [d, c]: each feature's best candidates in the chunk (rows of
-        `f`); -inf scores are never taken. `win(feat, pos)` returns the windows of chosen ones."""
-        m = self.m
-        merged = torch.cat([self.score, cand_score], dim=1)
-        new_score, sel = merged.topk(m, dim=1)
-        finite = torch.isfinite(new_score)
-        fresh = (sel >= m) & finite
-        changed = ((sel != torch.arange(m, device=sel.device)) & finite).any(1)
-        if not changed.any():
+    @property
+    def bar(self) -> torch.Tensor:
+        """[d] the priority a new entry must beat (-inf while a feature's table is not full)."""
+        return self.score[:, -1]
+
+    def offer(self, c: torch.Tensor, v: torch.Tensor, rows: torch.Tensor, win) -> None:
+        """Entries (feature `c`, priority `v`, row of f `rows`) that beat `bar`: merge each
+        feature's best into its table; `win(feat, row)` gives the windows of those kept."""
+        if c.numel() == 0:
             return
-        feats = changed.nonzero().squeeze(1)
-        s = sel[feats]
-        keep = s.clamp(max=m - 1)
-        old = s < m
+        m = self.m
+        feats, cand, ent = _per_feature_best(c, v, m)
+        merged = torch.cat([self.score[feats], cand], dim=1)
+        new_score, sel = merged.topk(m, dim=1)
+        fresh = (sel >= m) & torch.isfinite(new_score)
+        keep = sel.clamp(max=m - 1)
         for name in ("act", "index", "doc"):
             arr = getattr(self, name)
             arr[feats] = arr[feats].gather(1, keep)
-        self.tokens[feats] = self.tokens[feats].gather(1, keep[..., None].expand(-1, -1, self.T))
-        self.token_acts[feats] = self.token_acts[feats].gather(1, keep[..., None].expand(-1, -1, self.T))
-        self.score[feats] = new_score[feats]
-        # entries that were empty (-inf) and stay empty keep their blank values
-        blank = ~old & ~fresh[feats]
+        for name in ("tokens", "token_acts"):
+            arr = getattr(self, name)
+            arr[feats] = arr[feats].gather(1, keep[..., None].expand(-1, -1, self.T))
+        self.score[feats] = new_score
+        blank = (sel >= m) & ~fresh  # an empty slot that stays empty
         if blank.any():
             fi, si = blank.nonzero(as_tuple=True)
             fi = feats[fi]
@@ -126,10 +151,10 @@ class Keeper:
             self.act[fi, si] = 0
             self.tokens[fi, si] = -1
             self.token_acts[fi, si] = 0
-        fi, si = fresh.nonzero(as_tuple=True)
-        if fi.numel():
-            pos = cand_pos[fi, sel[fi, si] - m]
-            act, index, doc, tokens, token_acts = win(fi, pos)
+        gi, si = fresh.nonzero(as_tuple=True)
+        if gi.numel():
+            fi = feats[gi]
+            act, index, doc, tokens, token_acts = win(fi, rows[ent[gi, sel[gi, si] - m]])
             self.act[fi, si] = act
             self.index[fi, si] = index
             self.doc[fi, si] = doc
@@ -156,6 +181,8 @@ class FeatureStats:
 
     @torch.no_grad()
     def update(self, f: torch.Tensor, chunk: Chunk) -> None:
+        """Work on the non-zero entries only (an SAE code is sparse); of those, only the ones
+        that beat a feature's current M-th best are sorted and merged into its table."""
         f = f.to(self.device, torch.float32)
         n, d = f.shape
         if n == 0:
@@ -163,27 +190,23 @@ class FeatureStats:
         if self.L is None:
             self.L = chunk.L
         self.n_tokens += n
-        pos_mask = f > 0
-        self.nnz += pos_mask.sum(0)
+        r, c = (f > 0).nonzero(as_tuple=True)
+        if r.numel() == 0:
+            return
+        v = f[r, c]
+        self.nnz += torch.bincount(c, minlength=d)
         win = self._windows(f, chunk)
-        ft = f.T  # [d, n]
-        c = min(self.cfg.k, n)
-        vals, idx = ft.topk(c, dim=1)
-        vals = vals.masked_fill(vals <= 0, -math.inf)
-        self.top.offer(vals, idx, f, win)
-        # priority sample: keys only for non-zero entries (others never chosen)
-        nz = pos_mask.T.nonzero(as_tuple=True)
-        keys = torch.full((d, n), -math.inf, device=self.device)
-        keys[nz] = -torch.rand(nz[0].numel(), generator=self.gen, device=self.device)
-        c = min(self.sample.m, n)
-        kv, ki = keys.topk(c, dim=1)
-        self.sample.offer(kv, ki, f, win)
-        del keys
-        self._hist(f, pos_mask)
+        # only entries that beat a feature's current bar can enter its table
+        hit = v > self.top.bar[c]
+        self.top.offer(c[hit], v[hit], r[hit], win)
+        prio = 1.0 - torch.rand(v.numel(), generator=self.gen, device=self.device)  # priority sample
+        hit = prio > self.sample.bar[c]
+        self.sample.offer(c[hit], prio[hit], r[hit], win)
+        self._hist(c, v)
 
-    def _hist(self, f: torch.Tensor, pos_mask: torch.Tensor) -> None:
+    def _hist(self, c: torch.Tensor, v: torch.Tensor) -> None:
         H = self.cfg.fine_bins
-        cmax = f.max(0).values
+        cmax = torch.zeros(self.d, device=self.device).scatter_reduce_(0, c, v, "amax")
         seen = cmax > 0
         need = torch.where(seen, torch.ceil(torch.log2(cmax.clamp_min(1e-30))).long(), self.exp)
         new_exp = torch.maximum(self.exp, need)
@@ -196,8 +219,6 @@ class FeatureStats:
             merged.scatter_add_(1, target, self.fine[feats])
             self.fine[feats] = merged
         self.exp = new_exp
-        r, c = pos_mask.nonzero(as_tuple=True)
-        v = f[r, c]
         width = torch.exp2(self.exp[c].double()) / H
         b = torch.floor(v.double() / width).long().clamp(0, H - 1)
         flat = self.fine.view(-1)

@@ -33,6 +33,7 @@ from sae.io import atomic_path, write_json_atomic, write_text_atomic
 log = logging.getLogger("emosae")
 DEFAULT_PROMPTS = Path(__file__).resolve().parent.parent / "labeling" / "data" / "steer_prompts.jsonl"
 DEFAULT_STRENGTHS = "-0.1r,-0.05r,0,0.05r,0.1r"
+UNIT_NAMES = {"abs": "absolute", "x": "x max_act", "r": "x mean residual norm"}
 CI_METHOD = "95% t-interval over per-prompt means (prompts are the unit)"
 CSV_FIELDS = ("target", "kind", "strength", "value", "residual_norm", "n", "vader", "vader_lo", "vader_hi",
               "delta", "delta_lo", "delta_hi", "control_delta", "control_delta_lo", "control_delta_hi",
@@ -86,24 +87,26 @@ def vader_scores(texts: Sequence[str]) -> list[float]:
 
 
 def monitor_scorer(assets, lm, emotion: str | None):
-    """The monitor's per-text score for `emotion`, if features/monitor.py provides one; else None.
-    The monitor is optional (another stage writes it), so any absence is quiet."""
+    """The monitor's score for `emotion` on each text (mean over its kept tokens; the emotion
+    vector's projection when the run has vectors, else the labeled feature's activation), or None
+    when features/monitor.py, the labels or this emotion are not there (the monitor is optional)."""
     if not emotion:
         return None
     try:
-        from features import monitor
+        from features.monitor import Monitor
     except ImportError:
         return None
-    fn = getattr(monitor, "score_texts", None)
-    if fn is None:
+    try:
+        mon = Monitor.from_run(assets.path, emotions=[emotion], lm=lm, require_vectors=False)
+    except UserError as e:
+        log.info("sweep: no monitor score for %s (%s)", emotion, e)
         return None
+    source = "vectors" if emotion in mon.vectors else "features"
 
-    def score(texts: list[str]) -> list[float] | None:
-        try:
-            return [float(x) for x in fn(assets.path, texts, emotion, lm=lm)]
-        except UserError as e:
-            log.info("monitor score skipped: %s", e)
-            return None
+    def score(texts: list[str]) -> list[float]:
+        rows = mon.score(texts, position="mean")
+        return [float("nan") if r[source].get(emotion) is None else float(r[source][emotion]) for r in rows]
+    score.source = f"{source[:-1]} {emotion}"
     return score
 
 
@@ -193,9 +196,8 @@ def run_sweeps(run_dir: str | Path, targets: Sequence[Any], strengths: Sequence 
             row.update(_coherence(scores, groups, base_ppl))
             if mon:
                 m = mon(batch.texts) if not s.is_zero else mon_base
-                if m is not None and mon_base is not None:
-                    row["monitor"] = prompt_ci(m, groups)[0]
-                    row["monitor_delta"] = prompt_ci(np.subtract(m, mon_base), groups)[0]
+                row["monitor"] = _nanmean(m)
+                row["monitor_delta"] = _nanmean(np.subtract(m, mon_base))
             if s in control_at:
                 ctl_kw = dict(steer_kw, random_control=control_seed)
                 cb = generate(lm.model, lm.tokenizer, row_ids, seeds, progress=f"control {s}",
@@ -214,7 +216,8 @@ def run_sweeps(run_dir: str | Path, targets: Sequence[Any], strengths: Sequence 
                   "feature": edit.feature, "label": edit.label, "hook": clamp(lm.model, assets).hook.name,
                   "run": str(assets.path), "settings": settings,
                   "baseline": {"vader": prompt_ci(base_vader, groups)[0], "ppl": base_ppl},
-                  "rows": out_rows, "examples": ex}
+                  "monitor": getattr(mon, "source", None), "rows": out_rows, "examples": ex}
+        result = _finite(result)
         if out_dir is not False:
             result["files"] = write_outputs(result, Path(out_dir) if out_dir else Path(assets.path) / "sweeps")
         results.append(result)
@@ -232,6 +235,11 @@ def _prompts(prompts) -> list[str]:
     if not prompts:
         raise UserError("the prompt set is empty")
     return prompts
+
+
+def _nanmean(x) -> float | None:
+    x = np.asarray(x, dtype=float)
+    return float(np.nanmean(x)) if np.isfinite(x).any() else None
 
 
 def _control_strengths(strengths: list[Strength], control: str) -> set[Strength]:
@@ -252,6 +260,17 @@ def _valence(vader: list[float], base: list[float], groups: list[int]) -> dict:
     m, lo, hi = prompt_ci(vader, groups)
     d, dlo, dhi = prompt_ci(np.subtract(vader, base), groups)
     return {"vader": m, "vader_lo": lo, "vader_hi": hi, "delta": d, "delta_lo": dlo, "delta_hi": dhi}
+
+
+def _finite(obj):
+    """NaN/inf -> None, so the JSON document stays valid JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def _ppl(scores: dict) -> float:
@@ -294,24 +313,26 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = result["rows"]
-    x = [parse_strength(r["strength"]).value for r in rows]
+    x = np.array([parse_strength(r["strength"]).value for r in rows])
     unit = next((parse_strength(r["strength"]).unit for r in rows if parse_strength(r["strength"]).value), "abs")
+    get = lambda key, rs=rows: np.array([np.nan if r.get(key) is None else r[key] for r in rs], dtype=float)
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    err = lambda key: np.array([[r[key] - r[f"{key}_lo"] for r in rows], [r[f"{key}_hi"] - r[key] for r in rows]])
-    a.errorbar(x, [r["delta"] for r in rows], yerr=err("delta"), marker="o", capsize=3, label=result["target"])
-    ctl = [(xi, r) for xi, r in zip(x, rows) if "control_delta" in r]
-    if ctl:
-        a.errorbar([c[0] for c in ctl], [c[1]["control_delta"] for c in ctl],
-                   yerr=np.array([[c[1]["control_delta"] - c[1]["control_delta_lo"] for c in ctl],
-                                  [c[1]["control_delta_hi"] - c[1]["control_delta"] for c in ctl]]),
-                   marker="s", capsize=3, linestyle="--", color="gray", label="random direction, same norm")
+
+    def bars(prefix: str, **style):
+        y, lo, hi = get(prefix), get(f"{prefix}_lo"), get(f"{prefix}_hi")
+        ok = np.isfinite(y)
+        a.errorbar(x[ok], y[ok], yerr=np.nan_to_num(np.stack([y - lo, hi - y])[:, ok]), marker="o", capsize=3, **style)
+
+    bars("delta", label=result["target"])
+    if np.isfinite(get("control_delta")).any():
+        bars("control_delta", linestyle="--", color="gray", label="random direction, same norm")
     a.axhline(0, color="k", lw=0.5)
-    a.set_xlabel(f"strength ({ {'abs': 'absolute', 'x': 'x max_act', 'r': 'x mean resid norm'}[unit] })")
+    a.set_xlabel(f"strength ({UNIT_NAMES[unit]})")
     a.set_ylabel("VADER compound - baseline (95% CI)")
     a.set_title(f"{result['target']} at {result['hook']}")
     a.legend(fontsize=8)
-    b.plot(x, [r["ppl_ratio"] for r in rows], marker="o", label="perplexity / baseline")
-    b.plot(x, [r["kl"] for r in rows], marker="^", label="KL(steered || unsteered), nats/token")
+    b.plot(x, get("ppl_ratio"), marker="o", label="perplexity / baseline")
+    b.plot(x, get("kl"), marker="^", label="KL(steered || unsteered), nats/token")
     b.axhline(1, color="k", lw=0.5)
     b.set_xlabel(a.get_xlabel())
     b.set_title("coherence")

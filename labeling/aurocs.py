@@ -48,12 +48,10 @@ class RankedScores:
         if n_pos == 0 or n_neg == 0:
             return np.full(self.scores.shape[1], np.nan)
         u_all = self.ranks[pos].sum(0) - n_pos * (n_pos + 1) / 2  # pos vs (neg + excl)
-        if excl.any():
-            p = self.scores[pos]
-            u_ex = np.zeros(self.scores.shape[1])
-            for x in self.scores[excl]:
-                u_ex += (p > x).sum(0) + 0.5 * (p == x).sum(0)
-            u_all = u_all - u_ex
+        if excl.any():  # U(pos vs excluded), from ranks within pos + excluded rows
+            sub = rankdata(self.scores[pos | excl], axis=0)
+            in_pos = pos[pos | excl]
+            u_all = u_all - (sub[in_pos].sum(0) - n_pos * (n_pos + 1) / 2)
         return u_all / (n_pos * n_neg)
 
 

@@ -36,7 +36,7 @@ DETECT_PROMPT = ("Feature description: {label}\n\nExcerpt: <<<{text}>>>\n\n"
                  "Does the excerpt match the description? Answer Yes or No.")
 _CONTROL = re.compile(
     r"<\|[^|>]{0,40}\|>|</?s>|\[/?INST\]|<</?SYS>>|<<<|>>>|\[\[|\]\]"
-    r"|(?im:^\s*(?:system|user|assistant|human|ai)\s*:)|(?im:^\s*#{2,}\s*(?:instruction|response|system)\b)",
+    r"|(?i:\b(?:system|user|assistant|human)\s*:)|(?i:#{2,}\s*(?:instruction|response|system|input)\b)",
 )
 
 
@@ -117,15 +117,16 @@ def explain_features(run_dir: str | Path, explainer: str, features: list[int] | 
     """Label `features` (default: the run's best-labeled ones, else the most active) and score
     each label by detection; writes RUN/features/explanations.json."""
     from labeling.aurocs import auroc
-    from labeling.scoring import load_run
+    from labeling.scoring import default_device, load_run
     from sae.generation import chat_prompt, generate
-    from sae.models import load_model
+    from sae.models import EMBEDDED_ALIASES, EMBEDDED_ID, load_model
 
     run_dir = Path(run_dir)
     stats, vocab = _load_stats(run_dir)
     lm, sae, hook, _ = load_run(run_dir, device=device, lm=lm)
     if explainer_lm is None:
-        explainer_lm = lm if explainer in (lm.model_id, "smollm2-135m", "embedded") else load_model(explainer, device or "cpu")
+        same = explainer in (lm.model_id, lm.path) or (explainer.lower() in EMBEDDED_ALIASES and lm.model_id == EMBEDDED_ID)
+        explainer_lm = lm if same else load_model(explainer, device or default_device())
     tok = explainer_lm.tokenizer
     specials = list(dict.fromkeys(list(tok.all_special_tokens) + list(lm.tokenizer.all_special_tokens)))
     d = stats["max_act"].shape[0]

@@ -148,6 +148,9 @@ def geometry(emotions: Sequence[str], vectors: np.ndarray, norms: dict[str, dict
     # the sign of a PC is arbitrary: orient PC1 by VADER valence, PC2 by arousal (when known)
     v = corrs[0]
     ar = next((c for c in corrs if c.rating == "arousal"), None)
+    # where valence lives when it is not PC1: r of VADER valence with each of the first PCs (raw signs)
+    more, _ = pca(vectors, 5)
+    by_pc = [correlate(more[:, k], emotions, vader, "valence", "vader", k + 1).r for k in range(more.shape[1])]
     flipped = [v.r is not None and v.r < 0, ar is not None and ar.r is not None and ar.r < 0]
     for pc in (0, 1):
         if flipped[pc]:
@@ -160,6 +163,7 @@ def geometry(emotions: Sequence[str], vectors: np.ndarray, norms: dict[str, dict
             "pc1_valence_r": v.r, "pc1_valence_p": v.p, "n": v.n, "valence_missing": v.missing,
             "pc2_arousal_r": ar.r if ar else None, "pc2_arousal_n": ar.n if ar else None,
             "flipped": {"pc1": flipped[0], "pc2": flipped[1]},
+            "valence_r_by_pc": [None if r is None else round(r, 4) for r in by_pc],
             "valence": {e: vader.get(e.lower()) for e in emotions},
             "correlations": [c.as_dict() for c in corrs]}
 
@@ -287,5 +291,7 @@ def _cli(args: argparse.Namespace) -> int:
         p = "" if c["p"] is None else f" (p = {c['p']:.2g})"
         print(f"PC{c['pc']} vs {c['rating']} ({c['source']}): r = {r}{p}, n = {c['n']}"
               + (f"; dropped: {', '.join(c['missing'])}" if c["missing"] else ""))
+    print("VADER valence r with PC1..PC{}: {}".format(len(doc["valence_r_by_pc"]), ", ".join(
+        "n/a" if r is None else f"{r:+.2f}" for r in doc["valence_r_by_pc"])) + " (raw PC signs)")
     print(f"wrote {Path(doc['png']).parent / 'geometry.json'} and {doc['png']}")
     return 0

@@ -11,9 +11,12 @@ Labels, emotion vectors and the monitor all score text the same way, here:
 4. what is left is reduced per passage (max, mean or last kept token) or returned per token.
 
 DEFAULT_SKIP = 4: position 0 is the sink (masked anyway) and positions 1-3 are the opening words
-("I had the", "Marcus pulled the"), which carry no emotion yet and sit close to the sink. Dropping
-them keeps ~96% of a 90-word passage. `scripts/skip_tokens.py` measures held-out separability
-for several values on the embedded model, which is why 4 was kept (see its output).
+("I had the", "Marcus pulled the"), which carry no emotion yet and sit closest to the sink (at
+layer 15 of the embedded model their median norms are 1.17, 1.06 and 1.05 x the median of kept
+tokens). Dropping them keeps 97% of the tokens of a 90-word passage. `scripts/skip_tokens.py`
+measures it: held-out macro AUROC of the emotion vectors (layer 15) is 0.933 at skip 0, 0.936 at
+4, 0.938 at 16 and 0.932 at 32 (22, 22, 23 and 21 emotions >= 0.9) - flat up to 16, so the
+short skip that removes the sink-adjacent tokens and keeps almost all text is the default.
 
 The raw residuals of kept tokens (float16) can be cached on disk keyed by model, hook, mask
 setting and the texts, so labels, statistics and vectors share one forward over a corpus."""

@@ -26,11 +26,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("train", help="train SAEs on a model's activations (YAML config; torchrun for several GPUs)",
                        description="Train one SAE (sae:) or several from one pass of the model (saes:). "
-                                   "Data-parallel: torchrun --nproc_per_node N -m sae.cli train --config FILE")
+                                   "Data-parallel: torchrun --nproc_per_node N -m sae.cli train --config FILE "
+                                   "--run-dir RUN")
     p.add_argument("--config", help="YAML config (see configs/)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.lr=3e-4 --set sae.k=64 (repeatable)")
-    p.add_argument("--run", help="run directory to create (default: runs/<config name>-<time>)")
+    p.add_argument("--run", "--run-dir", dest="run",
+                   help="run directory to create (default: runs/<config name>-<time>); under torchrun write "
+                        "--run-dir (torchrun's own parser takes --run for its --run-path)")
     p.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its latest checkpoint")
     p.add_argument("--json", action="store_true", help="print the final metrics as one JSON document")
     p.set_defaults(func=_train)

@@ -79,11 +79,19 @@ def train(config: Config, run_dir: str | Path, resume: bool = False) -> dict:
     Returns the metrics (of the single SAE, or {"saes": {name: metrics}} for a list)."""
     cfg = resolve(config)
     d = init_from_env(torch.device(cfg.model.device).type)
+    threads = torch.get_num_threads()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     elif d.enabled and torch.device(cfg.train.device).type == "cpu":
         local = int(os.environ.get("LOCAL_WORLD_SIZE", d.world))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+    try:
+        return _train(cfg, Path(run_dir), resume, d)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(cfg: Config, run_dir: Path, resume: bool, d: Dist) -> dict:
     torch.set_flush_denormal(True)
     run = Path(d.broadcast_object(str(Path(run_dir).resolve())))
     if d.main:
@@ -100,9 +108,7 @@ def train(config: Config, run_dir: str | Path, resume: bool = False) -> dict:
     hooks = list(dict.fromkeys(s.hook for s in cfg.saes))
     points = {h: parse_hook(h, lm.model) for h in hooks}
     d_in = int(lm.model.get_input_embeddings().embedding_dim)
-    t_session = time.time()
-
-    heldout, source = _data(cfg, lm, hooks, d)
+    heldout, source, harvest_seconds = _data(cfg, lm, hooks, d)
     trainers = []
     for i, s in enumerate(cfg.saes):
         meta = {"model_id": lm.model_id, "model_name": lm.model_id, "model_path": lm.path,
@@ -115,20 +121,24 @@ def train(config: Config, run_dir: str | Path, resume: bool = False) -> dict:
         _restore(checkpoint.load(ckpt_path), st, trainers, source, d)
         if d.main:
             log.info("resumed %s from %s (step %d, %d tokens)", run, ckpt_path.name, st.step, st.tokens)
+    st.seconds += harvest_seconds
     wb = WandbLogger(cfg.log.wandb, cfg.to_dict(), run, resume) if d.main else None
-    _loop(cfg, st, trainers, source, heldout, d, run, wb, t_session)
+    _loop(cfg, st, trainers, source, heldout, d, run, wb)
     return _finish(cfg, st, trainers, heldout, lm, d, run, wb)
 
 
 # --- data ----------------------------------------------------------------------------------------
 def _data(cfg: Config, lm: LoadedModel, hooks: list[str], d: Dist):
+    """(held-out slice on rank 0, this rank's training batches, seconds spent harvesting them now).
+    The held-out harvest is not counted: `seconds` in metrics.json is training-data harvest +
+    training."""
     data, t = cfg.data, cfg.train
     if t.batch_size % d.world:
         raise UserError(f"train.batch_size ({t.batch_size}) must divide evenly over {d.world} processes")
     local_batch = t.batch_size // d.world
     if data.mode == "stream":
         heldout = harvest_heldout(lm, data, hooks) if d.main else None
-        return heldout, StreamSource(lm, data, hooks, local_batch, t.seed, d.rank, d.world)
+        return heldout, StreamSource(lm, data, hooks, local_batch, t.seed, d.rank, d.world), 0.0
     cdir = cache_dir_for(lm, data, hooks, d.world, str(torch.device(cfg.model.device).type))
     heldout = None
     if d.main and data.heldout_tokens:
@@ -141,13 +151,16 @@ def _data(cfg: Config, lm: LoadedModel, hooks: list[str], d: Dist):
         if missing:
             raise UserError(f"{cdir / HELDOUT_FILE} has no activations for {missing}; point data.cache elsewhere")
     part = train_part(cdir, d.rank, d.world)
+    t0 = time.time()
     if _complete(part):
         if d.main:
             log.info("using the activation cache in %s", part)
     else:
         harvest_train_cache(lm, data, hooks, part, d.rank, d.world, progress=cfg.log.progress)
     d.barrier()
-    return heldout, CacheSource(ActivationCache.open(part), hooks, local_batch, t.seed, data.shuffle, t.epochs)
+    seconds = time.time() - t0
+    source = CacheSource(ActivationCache.open(part), hooks, local_batch, t.seed, data.shuffle, t.epochs)
+    return heldout, source, seconds
 
 
 # --- checkpoints -----------------------------------------------------------------------------------
@@ -185,7 +198,7 @@ def _heldout_evals(trainers: list[SAETrainer], heldout: HeldOut | None) -> list[
 
 
 def _loop(cfg: Config, st: _State, trainers: list[SAETrainer], source, heldout: HeldOut | None, d: Dist,
-          run: Path, wb: WandbLogger | None, t_session: float) -> None:
+          run: Path, wb: WandbLogger | None) -> None:
     t = cfg.train
     total_steps = source.total_steps()
     if isinstance(source, CacheSource):
@@ -259,6 +272,7 @@ def _postfix(stats: list[dict]) -> str:
 def _finish(cfg: Config, st: _State, trainers: list[SAETrainer], heldout: HeldOut | None, lm: LoadedModel,
             d: Dist, run: Path, wb: WandbLogger | None) -> dict:
     results: dict[str, dict] = {}
+    drift = [_rank_drift(tr, d) for tr in trainers] if d.enabled else None
     if d.main:
         for i, (tr, spec) in enumerate(zip(trainers, cfg.saes)):
             sae = tr.export()
@@ -276,6 +290,8 @@ def _finish(cfg: Config, st: _State, trainers: list[SAETrainer], heldout: HeldOu
                       "steps": st.step, "skipped_steps": tr.bad_steps, "arch": spec.arch, "d_sae": spec.d_sae,
                       "k": spec.k, "hook": spec.hook, "input_scale": tr.scale, "lr": tr.lr,
                       "history": st.history[i]})
+            if drift is not None:
+                m.update(world_size=d.world, ddp_param_max_diff=drift[i])
             out = run / spec.name if cfg.multi else run
             sae.save(out / "sae")
             if cfg.multi:
@@ -298,6 +314,16 @@ def _finish(cfg: Config, st: _State, trainers: list[SAETrainer], heldout: HeldOu
     if cfg.multi:
         return {"run": str(run), "saes": results}
     return {"run": str(run), **results[cfg.saes[0].name]}
+
+
+@torch.no_grad()
+def _rank_drift(tr: SAETrainer, d: Dist) -> float:
+    """Largest difference between any rank's parameters and rank 0's (0.0 when in lockstep)."""
+    diff = torch.zeros(1, dtype=torch.float64, device=tr.device)
+    for p in tr.params:
+        ref = d.broadcast(p.detach().clone())
+        diff = torch.maximum(diff, (p.detach() - ref).abs().max().double().reshape(1))
+    return float(d.all_reduce(diff, "max")[0])
 
 
 def _fmt(v) -> str:

@@ -5,6 +5,7 @@ never stops training. Works offline (WANDB_MODE=offline or log.wandb.mode: offli
 from __future__ import annotations
 
 import logging
+import secrets
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ class WandbLogger:
             import wandb
 
             id_file = Path(run_dir) / "wandb_id"
-            run_id = id_file.read_text().strip() if resume and id_file.exists() else wandb.util.generate_id()
+            run_id = id_file.read_text().strip() if resume and id_file.exists() else secrets.token_hex(4)
             id_file.write_text(run_id)
             self.run = wandb.init(project=cfg.project, entity=cfg.entity, name=cfg.name or Path(run_dir).name,
                                   config=config, dir=str(run_dir), id=run_id, resume="allow",

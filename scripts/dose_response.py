@@ -25,95 +25,7 @@ import numpy as np
 from sae.errors import UserError
 
 log = logging.getLogger("emosae")
-TEMPLATES = Path(__file__).resolve().parent.parent / "labeling" / "data" / "dose_templates.jsonl"
-HIGHLIGHT = ("afraid", "calm", "terrified", "nervous", "desperate", "peaceful")
-
-
-def load_templates(path: str | Path | None = None) -> list[dict]:
-    """Template rows: {name, parameter, unit, template with {value}, values, expect, control}."""
-    from labeling.corpus import read_jsonl
-
-    rows = read_jsonl(path or TEMPLATES, required=("name", "template", "values"))
-    for r in rows:
-        if "{value}" not in r["template"]:
-            raise UserError(f"template {r['name']!r} has no {{value}} placeholder")
-        if len(r["values"]) < 3:
-            raise UserError(f"template {r['name']!r} needs at least 3 values for a rank correlation")
-    return rows
-
-
-def fmt_value(v: float) -> str:
-    return str(int(v)) if float(v).is_integer() else f"{v:g}"
-
-
-def prompts(template: dict, tokenizer) -> list[str]:
-    """One chat-rendered user message per value."""
-    from features.monitor import chat_text
-
-    return [chat_text(tokenizer, [{"role": "user", "content": template["template"].format(value=fmt_value(v))}])
-            for v in template["values"]]
-
-
-def spearman(x, y) -> float | None:
-    from scipy.stats import spearmanr
-
-    y = np.asarray(y, dtype=np.float64)
-    if len(y) < 3 or np.any(~np.isfinite(y)) or np.ptp(y) == 0:
-        return None
-    return round(float(spearmanr(x, y).statistic), 4)
-
-
-def dose_response(mon, templates: list[dict]) -> dict:
-    """{"templates": [{name, values, series: {kind: {emotion: [..]}}, rho: {kind: {emotion: rho}}}]}."""
-    out = []
-    for t in templates:
-        scores = mon.score(prompts(t, mon.lm.tokenizer), position="last")
-        entry = {k: t.get(k) for k in ("name", "parameter", "unit", "template", "values", "expect", "control")}
-        entry["series"], entry["rho"] = {}, {}
-        for kind in ("features", "vectors"):
-            names = list(scores[0][kind]) if scores else []
-            if not names:
-                continue
-            series = {e: [s[kind][e] for s in scores] for e in names}
-            entry["series"][kind] = series
-            entry["rho"][kind] = {e: spearman(t["values"], [np.nan if x is None else x for x in v])
-                                  for e, v in series.items()}
-        out.append(entry)
-    return {"hook": mon.hook, "position": "last", "skip_tokens": mon.skip_tokens, "templates": out}
-
-
-def plot(entry: dict, path: Path) -> Path:
-    """Each emotion against the value (log x), one panel per kind; highlighted emotions in colour."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from sae.io import atomic_path
-
-    kinds = list(entry["series"])
-    fig, axes = plt.subplots(1, len(kinds), figsize=(6.5 * len(kinds), 4.6), squeeze=False)
-    marked = [e for e in (*entry.get("expect", {}), *HIGHLIGHT)]
-    for ax, kind in zip(axes[0], kinds):
-        series, rho = entry["series"][kind], entry["rho"][kind]
-        show = list(dict.fromkeys(e for e in marked if e in series))
-        for e, ys in series.items():
-            if e not in show:
-                ax.plot(entry["values"], ys, color="0.8", lw=0.8, zorder=1)
-        for i, e in enumerate(show):
-            r = rho.get(e)
-            ax.plot(entry["values"], series[e], marker="o", lw=1.8, color=f"C{i}", zorder=2,
-                    label=f"{e} (rho {r:+.2f})" if r is not None else e)
-        ax.set_xscale("log")
-        ax.set_xlabel(f"{entry.get('parameter') or 'value'} ({entry.get('unit') or ''})")
-        ax.set_ylabel("feature activation" if kind == "features" else "projection on emotion vector")
-        ax.set_title(f"{entry['name']}{' (control)' if entry.get('control') else ''}: {kind}, last token")
-        ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return path
+from features.dose import HIGHLIGHT, TEMPLATES, dose_response, load_templates, plot  # noqa: E402,F401
 
 
 def build_monitor(args):
@@ -144,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--templates", default=None, help=f"template JSONL (default {TEMPLATES.name})")
     p.add_argument("--emotions", default="all", help="comma-separated emotions, or all")
     p.add_argument("--out", default=None, help="where plots and dose_response.json go (default RUN/dose_response)")
+    p.add_argument("--position", default="last", choices=("last", "mean", "max"),
+                   help="reduce over the prompt's kept tokens (default last: the assistant's turn opening)")
     p.add_argument("--device", default=None)
     p.add_argument("--json", action="store_true", help="print dose_response.json on stdout")
     args = p.parse_args(argv)
@@ -155,11 +69,11 @@ def main(argv: list[str] | None = None) -> int:
 
         templates = load_templates(args.templates)
         mon = build_monitor(args)
-        doc = dose_response(mon, templates)
+        doc = dose_response(mon, templates, args.position)
         out = Path(args.out) if args.out else Path(args.vectors or args.run or "runs/demo") / "dose_response"
         out.mkdir(parents=True, exist_ok=True)
         for entry in doc["templates"]:
-            entry["png"] = str(plot(entry, out / f"dose_{entry['name']}.png"))
+            entry["png"] = str(plot(entry, out / f"dose_{entry['name']}.png", args.position))
         write_json_atomic(out / "dose_response.json", doc)
     except UserError as e:
         print(f"dose_response: error: {e}", file=sys.stderr)
@@ -174,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 def print_table(doc: dict, out: Path) -> None:
     """Spearman rho per template for the expected emotions (and afraid/calm), feature and vector."""
     shown = list(dict.fromkeys(["afraid", "calm", *[e for t in doc["templates"] for e in (t.get("expect") or {})]]))
-    print(f"Spearman rho vs value at {doc['hook']}, last token (skip_tokens={doc['skip_tokens']})")
+    print(f"Spearman rho vs value at {doc['hook']}, position {doc['position']} (skip_tokens={doc['skip_tokens']})")
     head = f"{'template':16s} {'kind':9s}" + "".join(f"{e:>11s}" for e in shown) + "   expected"
     print(head)
     for t in doc["templates"]:

@@ -173,6 +173,37 @@ def test_kv_cache_generation_changes_text_and_matches_uncached(lm, assets):
     assert not torch.equal(vec, base)
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox"])
+def test_tiny_models_left_padded_scope_with_and_without_cache(family):
+    """Other architectures, a left-padded batch: the same positions are edited whether generate()
+    uses the KV cache or re-feeds the whole sequence, and a no-op clamp changes nothing."""
+    from tiny_models import tiny_model
+
+    model = tiny_model(family)
+    sae = SparseAutoencoder(SAEConfig(d_in=64, d_sae=32, k=4, hook_name="blocks.1.hook_resid_post"))
+    sae.init_weights(torch.Generator().manual_seed(0))
+    ids = torch.randint(3, 128, (2, 7), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0
+    kw = dict(input_ids=ids, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        base = model.generate(**kw)
+        with clamp(model, sae, {3: "scale=1"}):
+            assert torch.equal(model.generate(**kw), base)
+        for scope, prompt_on, gen_on in (("prompt", 1, 0), ("generated", 0, 1), ("all", 1, 1)):
+            runs = []
+            for use_cache in (True, False):
+                c = clamp(model, sae, {3: 8.0}, scope=scope, record=True)
+                with c:
+                    runs.append(model.generate(**kw, use_cache=use_cache))
+                last = c.log[-1]  # cached: one new position; uncached: the whole sequence again
+                edited = (last["delta_norm"][1] > 0).int().tolist()
+                pos = last["positions"]
+                assert edited == [prompt_on if p < 7 else gen_on for p in pos], (scope, use_cache)
+                assert (pos == [9]) if use_cache else (pos == list(range(10)))
+            assert torch.equal(runs[0], runs[1]), scope
+
+
 def test_batched_left_padded_sampling_is_seeded_per_row(lm, assets):
     from features.generation import format_prompts, generate, tokenize_prompts
 
@@ -273,3 +304,39 @@ def test_cli_json_baseline_vs_clamped(run, capsys):
     assert all(set(r) == {"prompt", "seed", "baseline", "clamped", "settings"} for r in rows)
     assert rows[0]["settings"]["edits"][0]["strength"] == "12x" and rows[0]["settings"]["scope"] == "generated"
     assert any(r["baseline"] != r["clamped"] for r in rows)
+
+
+# --- the dose-response sweep ----------------------------------------------------------------------
+def test_prompt_ci_clusters_by_prompt():
+    from features.sweep import _control_strengths, prompt_ci
+
+    mean, lo, hi = prompt_ci([1.0, 3.0, 2.0, 2.0, 0.0, 0.0], [0, 0, 1, 1, 2, 2])  # per-prompt means 2, 2, 0
+    assert mean == pytest.approx(4 / 3)
+    half = 4.302653 * (2 / 3 ** 0.5) / 3 ** 0.5  # t(0.975, 2) * sd / sqrt(n), sd of (2, 2, 0) = 2/sqrt(3)
+    assert (lo, hi) == (pytest.approx(mean - half, rel=1e-5), pytest.approx(mean + half, rel=1e-5))
+    s = parse_strengths("-0.1r,-0.05r,0,0.05r,0.1r")
+    assert {str(x) for x in _control_strengths(s, "max")} == {"-0.1r", "0.1r"}
+    assert len(_control_strengths(s, "all")) == 4 and not _control_strengths(s, "none")
+
+
+def test_sweep_rows_files_and_control(lm, run, tmp_path):
+    from features.sweep import run_sweeps, table
+
+    results = run_sweeps(run, ["vector:happy", "happy:add"], "0,0.3r", prompts=["Describe your room.", "Write about rain."],
+                         samples=2, max_new_tokens=6, lm=lm, out_dir=tmp_path, control="all")
+    assert [r["target"] for r in results] == ["vector:happy", "happy:add"]
+    for res in results:
+        zero, strong = res["rows"]
+        assert zero["strength"] == "0" and zero["delta"] == 0 and zero["ppl_ratio"] == pytest.approx(1.0)
+        assert zero["kl"] == 0 and "control_delta" not in zero
+        assert strong["value"] == pytest.approx(0.3 * MEAN_NORM, rel=1e-5) and strong["kl"] > 0
+        assert strong["delta_lo"] <= strong["delta"] <= strong["delta_hi"]
+        assert "control_delta" in strong and strong["control_kl"] > 0
+        for key in ("csv", "png", "json"):
+            assert (tmp_path / res["files"][key].split("/")[-1]).exists()
+        header = (tmp_path / "sweep_vector_happy.csv").read_text().splitlines()[0]
+        assert header.startswith("target,kind,strength,value")
+    assert results[1]["feature"] == 3 and results[1]["mode"] == "add"
+    assert "vector:happy" in table(results)
+    with pytest.raises(UserError, match="mix units"):
+        run_sweeps(run, ["happy"], "1x,0.1r", prompts=["a"], samples=1, lm=lm, out_dir=tmp_path)

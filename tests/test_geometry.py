@@ -79,6 +79,8 @@ def test_geometry_r_and_missing_words():
     assert doc["flipped"]["pc1"] is True  # the axis was built with the opposite sign
     assert sum(doc["explained_variance"]) <= 1.0
     assert doc["pc2_arousal_r"] is None
+    assert abs(doc["valence_r_by_pc"][0]) == pytest.approx(doc["pc1_valence_r"], abs=1e-3)
+    assert len(doc["valence_r_by_pc"]) == 5
     with pytest.raises(UserError):
         geometry(EMOS[:2], vecs[:2])
 

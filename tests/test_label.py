@@ -60,13 +60,6 @@ def _rows():
 
 
 @pytest.fixture(scope="module")
-def lm():
-    from sae.models import load_model
-
-    return load_model("smollm2-135m")
-
-
-@pytest.fixture(scope="module")
 def labeled(tmp_path_factory, lm):
     from labeling.label import LabelSettings, label_run
     from labeling.scoring import passage_acts

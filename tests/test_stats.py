@@ -95,7 +95,8 @@ def test_chunking_does_not_change_results():
     cfg = StatsConfig(k=4, window=2, quantile_bins=2, samples_per_bin=2)
     a, _ = _feed(rows, docs, local, f, cfg, rows_per_chunk=12)
     b, _ = _feed(rows, docs, local, f, cfg, rows_per_chunk=2)
-    for key in ("max_act", "density", "top_acts", "top_index", "top_tokens", "top_token_acts", "hist_counts"):
+    for key in ("max_act", "density", "top_acts", "top_index", "top_tokens", "top_token_acts", "hist_counts",
+                "quantile_acts", "quantile_index", "quantile_token_acts"):
         assert torch.equal(a[key], b[key]), key
 
 
@@ -141,13 +142,6 @@ def make_run(tmp_path, d_sae=64, layer=3, seed=0, plant=None):
     sae.save(run / "sae")
     write_json_atomic(run / "metrics.json", {"mean_resid_norm": 100.0})
     return run
-
-
-@pytest.fixture(scope="module")
-def lm():
-    from sae.models import load_model
-
-    return load_model("smollm2-135m")
 
 
 def _small_corpus(tmp_path, n=6):

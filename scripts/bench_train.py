@@ -1,0 +1,300 @@
+"""Benchmark: the same TopK SAE trained by emosae, SAELens 6 (its Hugging Face model route) and
+EleutherAI sparsify (as shipped, and handed a model cut after the hook layer), one after another in
+this process: same model, hook, d_sae, k, batch, token count, fp32, device, the same pre-tokenized
+rows. Prints tokens/s of each, the bare forward stopped at the hook layer (the limit), the ratios,
+and each tool's held-out FVE, L0 and dead fraction, all computed by emosae's one FVE function on the
+same held-out activations. Then: 4 SAEs from one emosae harvest vs 4 separate runs.
+
+    .venv/bin/python scripts/bench_train.py [--tokens 197000] [--json]
+
+sparsify is benchmark-only (not a project dependency):
+    .venv/bin/pip install --no-deps eai-sparsify natsort schedulefree
+A tool that cannot run reports {"error": "..."} and the others go on.
+
+Fairness notes: every tool sees the same token rows (emosae's packer; the others get the ids, as
+pre-tokenized datasets). The first position of each row is excluded everywhere (SAELens:
+seqpos_slice=(1, None); sparsify: its token mask with column 0 cleared; emosae: its position mask,
+which also drops each packed document's first token and norm outliers). Throughput is text tokens
+of the training rows divided by wall time from the first LM forward to the end of training (model
+loading and final evals excluded for every tool)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import sys
+import tempfile
+import time
+import traceback
+from itertools import islice
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sae.config import load_config  # noqa: E402
+from sae.data import batches, iter_texts, pack_rows, tokenize_stream  # noqa: E402
+from sae.evals import evaluate, evaluate_sae  # noqa: E402
+from sae.harvest import harvest  # noqa: E402
+from sae.hooks import module_path, parse_hook, run_to_hooks  # noqa: E402
+from sae.models import load_model  # noqa: E402
+
+log = logging.getLogger("emosae")
+
+
+def _err(e: BaseException) -> dict:
+    log.warning("%s", "".join(traceback.format_exception(e))[-2000:])
+    return {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"}
+
+
+def _metrics(tokens: int, seconds: float, ev: dict) -> dict:
+    return {"tokens_per_s": tokens / seconds, "seconds": seconds, "fve": ev["fve"], "l0": ev["l0"],
+            "dead": ev["dead_heldout"]}
+
+
+# --- shared inputs -------------------------------------------------------------------------------
+def rows_for(args, tokenizer) -> tuple[list, list]:
+    """(held-out rows, training rows) exactly as emosae's trainer cuts them."""
+    held = math.ceil(args.heldout_tokens / args.context)
+    n = args.tokens // args.context
+    rows = list(islice(pack_rows(tokenize_stream(iter_texts(args.dataset), tokenizer), args.context), held + n))
+    if len(rows) < held + n:
+        raise SystemExit(f"{args.dataset} has only {len(rows) * args.context} tokens; lower --tokens")
+    return rows[:held], rows[held:]
+
+
+def heldout_acts(lm, rows, hook: str, args) -> torch.Tensor:
+    parts = [c.acts[hook] for c in harvest(lm.model, lm.tokenizer, batches(rows, args.context, args.batch), [hook])]
+    return torch.cat(parts)
+
+
+def bare_forward(lm, rows, hook: str, args) -> float:
+    """Seconds for the plain forward over the training rows, stopped after the hook layer."""
+    ids = torch.tensor([r[0] for r in rows])
+    per = max(1, args.batch // args.context)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for i in range(0, ids.shape[0], per):
+            run_to_hooks(lm.model, [hook], input_ids=ids[i:i + per])
+    return time.perf_counter() - t0
+
+
+# --- emosae --------------------------------------------------------------------------------------
+def emosae_config(args, tmp: Path, saes: str, tokens: int, tag: str):
+    text = (f"model: {{name: {args.model}}}\n"
+            f"data: {{dataset: {args.dataset}, context_size: {args.context}, token_budget: {args.batch}, "
+            f"tokens: {tokens}, heldout_tokens: {args.heldout_tokens}, cache: {tmp / ('cache-' + tag)}}}\n"
+            f"{saes}\n"
+            f"train: {{batch_size: {args.batch}, lr: {args.lr}, warmup_steps: {args.warmup}, decay_start: 0.7, "
+            f"dead_tokens: {args.dead_tokens}, checkpoint_every_tokens: {10 ** 12}, eval_every_steps: {10 ** 9}, "
+            f"ce_eval: false}}\n"
+            f"log: {{progress: {str(not args.json).lower()}, curves: false}}\n")
+    p = tmp / f"{tag}.yaml"
+    p.write_text(text)
+    return load_config(p)
+
+
+def run_emosae(args, tmp: Path, x_ho: torch.Tensor) -> dict:
+    from sae.architectures import load_sae
+    from sae.trainer import train
+
+    cfg = emosae_config(args, tmp, f"sae: {{arch: topk, hook: {args.hook}, d_sae: {args.d_sae}, k: {args.k}}}",
+                        args.tokens, "emosae")
+    m = train(cfg, tmp / "run-emosae")
+    ev = evaluate_sae(load_sae(tmp / "run-emosae"), x_ho)
+    return _metrics(args.tokens // args.context * args.context, m["seconds"], ev) | {"dead_train": m["dead"]}
+
+
+def run_four(args, tmp: Path) -> dict:
+    """4 SAEs (k = 16, 32, 64 TopK and a BatchTopK) from one harvest vs 4 separate runs."""
+    from sae.trainer import train
+
+    specs = [f"{{name: k{k}, arch: topk, hook: {args.hook}, d_sae: {args.d_sae}, k: {k}}}" for k in (16, 32, 64)]
+    specs.append(f"{{name: btk32, arch: batchtopk, hook: {args.hook}, d_sae: {args.d_sae}, k: 32}}")
+    t0 = time.perf_counter()
+    train(emosae_config(args, tmp, "saes:\n" + "".join(f"  - {s}\n" for s in specs), args.tokens4, "four"),
+          tmp / "run-four")
+    together = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for i, s in enumerate(specs):
+        train(emosae_config(args, tmp, f"sae: {s}", args.tokens4, f"sep{i}"), tmp / f"run-sep{i}")
+    separate = time.perf_counter() - t0
+    return {"seconds": together, "seconds_4_separate": separate, "ratio": together / separate,
+            "tokens": args.tokens4 // args.context * args.context}
+
+
+# --- SAELens -------------------------------------------------------------------------------------
+def run_saelens(args, lm, train_rows, x_ho: torch.Tensor, tmp: Path) -> dict:
+    from datasets import Dataset
+    from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner, LoggingConfig
+    from sae_lens.saes.topk_sae import TopKTrainingSAEConfig
+
+    layer = parse_hook(args.hook, lm.model)
+    ds = Dataset.from_dict({"input_ids": [r[0] for r in train_rows]})
+    n_train = len(train_rows) * (args.context - 1)  # activations after the first position is sliced off
+    cfg = LanguageModelSAERunnerConfig(
+        sae=TopKTrainingSAEConfig(d_in=x_ho.shape[1], d_sae=args.d_sae, k=args.k, dtype="float32", device="cpu"),
+        model_name=lm.path, model_class_name="AutoModelForCausalLM", hook_name=module_path(lm.model, layer),
+        dataset_path="", is_dataset_tokenized=True, streaming=False, context_size=args.context,
+        prepend_bos=False, seqpos_slice=(1, None), training_tokens=n_train, train_batch_size_tokens=args.batch,
+        store_batch_size_prompts=max(1, args.batch // args.context), n_batches_in_buffer=8,
+        device="cpu", dtype="float32", logger=LoggingConfig(log_to_wandb=False),
+        checkpoint_path=str(tmp / "saelens-ckpt"), output_path=str(tmp / "saelens-out"), n_checkpoints=0,
+        verbose=False, seed=0)
+    t_load = time.perf_counter()
+    runner = LanguageModelSAETrainingRunner(cfg, override_dataset=ds)
+    t0 = time.perf_counter()
+    sae = runner.run()
+    seconds = time.perf_counter() - t0
+    log.info("SAELens: model load %.1fs, training %.1fs", t0 - t_load, seconds)
+    sae = sae.to("cpu").eval()
+    ev = evaluate(lambda a: sae.encode(a), sae.decode, x_ho)
+    return _metrics(len(train_rows) * args.context, seconds, ev)
+
+
+# --- sparsify ------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _no_first_position():
+    """sparsify masks only listed token ids; clear column 0 of its mask (the attention sink)."""
+    orig = torch.isin
+
+    def isin(*a, **kw):
+        out = orig(*a, **kw)
+        if kw.get("invert") and out.ndim == 2:
+            out = out.clone()
+            out[:, 0] = False
+        return out
+
+    torch.isin = isin
+    try:
+        yield
+    finally:
+        torch.isin = orig
+
+
+def run_sparsify(args, lm, train_rows, x_ho: torch.Tensor, tmp: Path, cut: bool) -> dict:
+    from datasets import Dataset
+    from sparsify import SaeConfig, Trainer, TrainConfig
+    from transformers import AutoModelForCausalLM
+
+    layer = parse_hook(args.hook, lm.model).layer
+    model = AutoModelForCausalLM.from_pretrained(lm.path, dtype=torch.float32).eval()
+    if cut:  # keep the blocks up to the hook layer; no final norm, no unembedding
+        model.model.layers = model.model.layers[: layer + 1]
+        model.config.num_hidden_layers = layer + 1
+        model.model.norm = torch.nn.Identity()
+        model.lm_head = torch.nn.Identity()
+    ds = Dataset.from_dict({"input_ids": [r[0] for r in train_rows]}).with_format("torch")
+    cfg = TrainConfig(SaeConfig(k=args.k, num_latents=args.d_sae), batch_size=max(1, args.batch // args.context),
+                      hookpoints=[f"layers.{layer}"], log_to_wandb=False, save_dir=str(tmp / f"sparsify-{cut}"),
+                      save_every=10 ** 9)
+    trainer = Trainer(cfg, ds, model)
+    t0 = time.perf_counter()
+    with _no_first_position(), contextlib.redirect_stdout(sys.stderr):
+        trainer.fit()
+    seconds = time.perf_counter() - t0
+    sae = trainer.saes[f"layers.{layer}"].eval()
+
+    def encode(a):
+        out = sae.encode(a)
+        return torch.zeros(a.shape[0], sae.num_latents).scatter_(1, out.top_indices, out.top_acts.float())
+
+    ev = evaluate(encode, lambda f: f @ sae.W_dec + sae.b_dec, x_ho)
+    return _metrics(len(train_rows) * args.context, seconds, ev)
+
+
+# --- main ----------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--hook", default="blocks.15.hook_resid_post")
+    p.add_argument("--dataset", default=str(ROOT / "labeling" / "data" / "general_corpus.jsonl.gz"))
+    p.add_argument("--tokens", type=int, default=197_000, help="training text tokens (all tools)")
+    p.add_argument("--tokens4", type=int, default=50_000, help="training tokens of the 4-SAE comparison")
+    p.add_argument("--heldout-tokens", type=int, default=8192)
+    p.add_argument("--context", type=int, default=256)
+    p.add_argument("--d-sae", type=int, default=4608)
+    p.add_argument("-k", "--k", type=int, default=32)
+    p.add_argument("--batch", type=int, default=4096, help="tokens per SAE step and per LM batch")
+    p.add_argument("--lr", type=float, default=1e-3, help="emosae's lr (the others use their defaults)")
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--dead-tokens", type=int, default=50_000)
+    p.add_argument("--skip", default="", help="comma list of: limit,emosae,saelens,sparsify,sparsify_cut,four")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    for noisy in ("transformers", "datasets", "sae_lens", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    skip = set(filter(None, args.skip.split(",")))
+    torch.set_flush_denormal(True)
+    torch.manual_seed(0)
+
+    lm = load_model(args.model)
+    held, train_rows = rows_for(args, lm.tokenizer)
+    x_ho = heldout_acts(lm, held, args.hook, args)
+    tokens = len(train_rows) * args.context
+    log.info("%d training tokens (%d rows), %d held-out activations", tokens, len(train_rows), x_ho.shape[0])
+    out: dict = {"tokens": tokens, "heldout_activations": int(x_ho.shape[0]), "device": "cpu",
+                 "threads": torch.get_num_threads()}
+    with tempfile.TemporaryDirectory(prefix="bench_train-") as d:
+        tmp = Path(d)
+        if "limit" not in skip:
+            secs = bare_forward(lm, train_rows, args.hook, args)
+            out["limit_tokens_per_s"] = tokens / secs
+            log.info("bare forward to %s: %.0f tok/s", args.hook, out["limit_tokens_per_s"])
+        steps = [("emosae", lambda: run_emosae(args, tmp, x_ho)),
+                 ("saelens", lambda: run_saelens(args, lm, train_rows, x_ho, tmp)),
+                 ("sparsify", lambda: run_sparsify(args, lm, train_rows, x_ho, tmp, cut=False)),
+                 ("sparsify_cut", lambda: run_sparsify(args, lm, train_rows, x_ho, tmp, cut=True)),
+                 ("emosae_4_saes", lambda: run_four(args, tmp))]
+        for name, fn in steps:
+            if name in skip or (name == "emosae_4_saes" and "four" in skip):
+                continue
+            log.info("--- %s", name)
+            try:
+                out[name] = fn()
+            except Exception as e:  # noqa: BLE001 - one tool failing must not hide the others
+                out[name] = _err(e)
+            log.info("%s: %s", name, json.dumps(out[name]))
+    ratios = {}
+    em = out.get("emosae", {}).get("tokens_per_s")
+    if em:
+        for base in ("limit", "saelens", "sparsify", "sparsify_cut"):
+            v = out.get("limit_tokens_per_s") if base == "limit" else out.get(base, {}).get("tokens_per_s")
+            if v:
+                ratios[f"emosae_vs_{base}"] = em / v
+    out["ratios"] = ratios
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(_table(out))
+    return 0
+
+
+def _table(out: dict) -> str:
+    lines = [f"tokens: {out['tokens']}   bare forward (limit): {out.get('limit_tokens_per_s', float('nan')):.0f} tok/s"]
+    for name in ("emosae", "saelens", "sparsify", "sparsify_cut"):
+        r = out.get(name)
+        if r is None:
+            continue
+        if "error" in r:
+            lines.append(f"{name:>13}: error: {r['error']}")
+        else:
+            lines.append(f"{name:>13}: {r['tokens_per_s']:8.0f} tok/s   FVE {r['fve']:.4f}   L0 {r['l0']:.1f}   "
+                         f"dead {r['dead']:.4f}")
+    four = out.get("emosae_4_saes")
+    if four and "error" not in four:
+        lines.append(f"4 SAEs, one harvest: {four['seconds']:.0f}s vs 4 separate runs: {four['seconds_4_separate']:.0f}s "
+                     f"(ratio {four['ratio']:.2f})")
+    for k, v in out.get("ratios", {}).items():
+        lines.append(f"{k}: {v:.2f}x")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
