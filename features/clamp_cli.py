@@ -78,7 +78,7 @@ def printable(text: str) -> str:
 
 def run_clamp(run: str, features: list[tuple[str, str]], vectors: list[tuple[str, str]], prompts: list[str],
               scope: str = "all", samples: int = 1, seed: int = 0, max_new_tokens: int = 40,
-              temperature: float = 1.0, top_p: float = 0.95, chat: bool | None = None, model: str | None = None,
+              temperature: float = 0.7, top_p: float = 0.95, chat: bool | None = None, model: str | None = None,
               device: str | None = None, lm=None) -> list[dict]:
     """Baseline and clamped continuations for prompts x samples (seed + j for sample j)."""
     from features.clamp import clamp, load_run
@@ -128,7 +128,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=int, default=1, help="continuations per prompt (seeds S, S+1, ...)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-new-tokens", type=int, default=40)
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (0 = greedy)")
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
     p.add_argument("--model", default=None, help="model spec (default: the SAE's model)")

@@ -23,7 +23,7 @@ log = logging.getLogger("emosae")
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo-cpu.yaml"
 CLAMP_TARGETS = (("happy", "blissful"), ("sad", "afraid"))  # one positive, one negative (first labeled)
-CLAMP_STRENGTH = "8x"
+CLAMP_STRENGTH = "2x"
 
 
 def _config_path() -> Path:

@@ -106,13 +106,17 @@ def _per_feature_best(c: torch.Tensor, v: torch.Tensor, m: int
     return feats, score, ent
 
 
+EMPTY, PAD = -1.0, -2.0  # priorities are > 0: an empty slot loses to any entry, padding to any slot
+
+
 class Keeper:
-    """For every feature, the M entries with the highest priority seen so far, each with its
-    activation, global index, document id and token window."""
+    """For every feature, the M entries with the highest priority seen so far (unsorted slots;
+    a new entry takes the slot of one it pushes out, so only new entries are written), each with
+    its activation, global index, document id and token window."""
 
     def __init__(self, d: int, m: int, T: int, device: torch.device):
         self.m, self.T = m, T
-        self.score = torch.full((d, m), -math.inf, device=device)
+        self.score = torch.full((d, m), EMPTY, device=device)
         self.act = torch.zeros(d, m, device=device)
         self.index = torch.full((d, m), -1, dtype=torch.long, device=device)
         self.doc = torch.full((d, m), -1, dtype=torch.long, device=device)
@@ -121,45 +125,45 @@ class Keeper:
 
     @property
     def bar(self) -> torch.Tensor:
-        """[d] the priority a new entry must beat (-inf while a feature's table is not full)."""
-        return self.score[:, -1]
+        """[d] the priority a new entry must beat (EMPTY while a feature has a free slot)."""
+        return self.score.min(1).values
 
     def offer(self, c: torch.Tensor, v: torch.Tensor, rows: torch.Tensor, win) -> None:
-        """Entries (feature `c`, priority `v`, row of f `rows`) that beat `bar`: merge each
-        feature's best into its table; `win(feat, row)` gives the windows of those kept."""
+        """Entries (feature `c`, priority `v` > 0, row of f `rows`) that beat `bar`: each
+        feature's best replace its lowest slots; `win(feat, row)` gives their windows."""
         if c.numel() == 0:
             return
         m = self.m
         feats, cand, ent = _per_feature_best(c, v, m)
+        cand = torch.where(torch.isfinite(cand), cand, torch.full_like(cand, PAD))
         merged = torch.cat([self.score[feats], cand], dim=1)
-        new_score, sel = merged.topk(m, dim=1)
-        fresh = (sel >= m) & torch.isfinite(new_score)
-        keep = sel.clamp(max=m - 1)
-        for name in ("act", "index", "doc"):
-            arr = getattr(self, name)
-            arr[feats] = arr[feats].gather(1, keep)
+        sel = merged.topk(m, dim=1).indices
+        won = torch.zeros_like(merged, dtype=torch.bool).scatter_(1, sel, True)
+        fresh = won[:, m:]  # candidates that got in (all real: PAD never beats a slot)
+        out = ~won[:, :m]  # slots they push out; as many per feature as fresh candidates
+        gi, cj = fresh.nonzero(as_tuple=True)  # row-major: the k-th fresh of a feature ...
+        go, sk = out.nonzero(as_tuple=True)  # ... takes the k-th freed slot of that feature
+        if gi.numel() == 0:
+            return
+        fi = feats[gi]
+        act, index, doc, tokens, token_acts = win(fi, rows[ent[gi, cj]])
+        self.score[fi, sk] = cand[gi, cj]
+        self.act[fi, sk] = act
+        self.index[fi, sk] = index
+        self.doc[fi, sk] = doc
+        self.tokens[fi, sk] = tokens
+        self.token_acts[fi, sk] = token_acts
+
+    def sorted_by(self, key: torch.Tensor, descending: bool = True) -> dict[str, torch.Tensor]:
+        """The tables with each feature's slots ordered by `key` [d, m] (empty slots last)."""
+        present = self.index >= 0
+        fill = -math.inf if descending else math.inf
+        order = torch.where(present, key, torch.full_like(key, fill)).argsort(dim=1, descending=descending,
+                                                                              stable=True)
+        out = {name: getattr(self, name).gather(1, order) for name in ("act", "index", "doc")}
         for name in ("tokens", "token_acts"):
-            arr = getattr(self, name)
-            arr[feats] = arr[feats].gather(1, keep[..., None].expand(-1, -1, self.T))
-        self.score[feats] = new_score
-        blank = (sel >= m) & ~fresh  # an empty slot that stays empty
-        if blank.any():
-            fi, si = blank.nonzero(as_tuple=True)
-            fi = feats[fi]
-            self.index[fi, si] = -1
-            self.doc[fi, si] = -1
-            self.act[fi, si] = 0
-            self.tokens[fi, si] = -1
-            self.token_acts[fi, si] = 0
-        gi, si = fresh.nonzero(as_tuple=True)
-        if gi.numel():
-            fi = feats[gi]
-            act, index, doc, tokens, token_acts = win(fi, rows[ent[gi, sel[gi, si] - m]])
-            self.act[fi, si] = act
-            self.index[fi, si] = index
-            self.doc[fi, si] = doc
-            self.tokens[fi, si] = tokens
-            self.token_acts[fi, si] = token_acts
+            out[name] = getattr(self, name).gather(1, order[..., None].expand(-1, -1, self.T))
+        return out
 
 
 class FeatureStats:
@@ -251,15 +255,15 @@ class FeatureStats:
 
     @torch.no_grad()
     def finalize(self) -> dict[str, torch.Tensor]:
-        cfg = self.cfg
         n = max(self.n_tokens, 1)
-        top = self.top
-        max_act = top.act[:, 0].clamp_min(0)
+        top = self.top.sorted_by(self.top.act)
+        max_act = top["act"][:, 0].clamp_min(0)
         out = {
             "max_act": max_act.float(),
             "density": (self.nnz.double() / n).float(),
-            "top_acts": torch.where(top.index >= 0, top.act, torch.zeros_like(top.act)),
-            "top_index": top.index, "top_doc": top.doc, "top_tokens": top.tokens, "top_token_acts": top.token_acts,
+            "top_acts": torch.where(top["index"] >= 0, top["act"], torch.zeros_like(top["act"])),
+            "top_index": top["index"], "top_doc": top["doc"], "top_tokens": top["tokens"],
+            "top_token_acts": top["token_acts"],
         }
         out["hist_counts"], out["hist_edges"] = self._rebin(max_act)
         out.update(self._quantiles())
@@ -292,12 +296,9 @@ class FeatureStats:
     def _quantiles(self) -> dict[str, torch.Tensor]:
         """Sort each feature's sample by activation and lay it out as Q bins of S slots."""
         Q, S = self.cfg.quantile_bins, self.cfg.samples_per_bin
-        s = self.sample
-        R = s.m
-        present = s.index >= 0
-        sort_key = torch.where(present, s.act, torch.full_like(s.act, math.inf))
-        order = sort_key.argsort(dim=1)  # present ones first, ascending
-        n_f = present.sum(1)  # [d]
+        s = self.sample.sorted_by(self.sample.act, descending=False)  # present ones first, ascending
+        R = self.sample.m
+        n_f = (s["index"] >= 0).sum(1)  # [d]
         rank = torch.arange(R, device=self.device)[None].expand(self.d, R)
         n_safe = n_f.clamp_min(1)[:, None]
         bin_of = (rank * Q) // n_safe
@@ -306,17 +307,15 @@ class FeatureStats:
         valid = (rank < n_f[:, None]) & (rank - first_of_bin < S)
         dst = torch.where(valid, slot, torch.full_like(slot, R))  # R = a discard column
         out = {}
-        for name, arr, fill in (("quantile_acts", s.act, 0.0), ("quantile_index", s.index, -1),
-                                ("quantile_doc", s.doc, -1)):
-            src = arr.gather(1, order)
-            res = torch.full((self.d, R + 1), fill, dtype=arr.dtype, device=self.device)
-            res.scatter_(1, dst, src)
+        for name, key, fill in (("quantile_acts", "act", 0.0), ("quantile_index", "index", -1),
+                                ("quantile_doc", "doc", -1)):
+            res = torch.full((self.d, R + 1), fill, dtype=s[key].dtype, device=self.device)
+            res.scatter_(1, dst, s[key])
             out[name] = res[:, :R]
-        for name, arr, fill in (("quantile_tokens", s.tokens, -1), ("quantile_token_acts", s.token_acts, 0.0)):
-            T = arr.shape[2]
-            src = arr.gather(1, order[..., None].expand(-1, -1, T))
-            res = torch.full((self.d, R + 1, T), fill, dtype=arr.dtype, device=self.device)
-            res.scatter_(1, dst[..., None].expand(-1, -1, T), src)
+        for name, key, fill in (("quantile_tokens", "tokens", -1), ("quantile_token_acts", "token_acts", 0.0)):
+            T = s[key].shape[2]
+            res = torch.full((self.d, R + 1, T), fill, dtype=s[key].dtype, device=self.device)
+            res.scatter_(1, dst[..., None].expand(-1, -1, T), s[key])
             out[name] = res[:, :R]
         return out
 

@@ -119,10 +119,10 @@ def run_sweep(run_dir: str | Path, target: Any = "happy", strengths: Sequence | 
 
 def run_sweeps(run_dir: str | Path, targets: Sequence[Any], strengths: Sequence | str = DEFAULT_STRENGTHS,
                prompts: Sequence[str] | str | Path | None = None, samples: int = 8, seed: int = 0,
-               mode: str = "set", scope: str = "all", max_new_tokens: int = 40, temperature: float = 1.0,
+               mode: str = "set", scope: str = "all", max_new_tokens: int = 40, temperature: float = 0.7,
                top_p: float = 0.95, control: str = "all", control_seed: int = 1234, lm=None,
                model: str | None = None, device: str | None = None, out_dir: str | Path | None = None,
-               batch_size: int = 64, chat: bool | None = None, examples: int = 3) -> list[dict]:
+               batch_size: int = 128, chat: bool | None = None, examples: int = 3) -> list[dict]:
     """Sweep each target over `strengths` (e.g. "-0.1r,0,0.1r") on prompts x samples, one shared
     baseline. control: "all" (a random-direction run at every non-zero strength), "max" (at the
     largest |strength| of each sign) or "none". Writes CSV/PNG/JSON per target under `out_dir`
@@ -387,12 +387,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=int, default=8, help="samples per prompt (seeds S..S+N-1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-new-tokens", type=int, default=40)
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (0 = greedy)")
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--control", default="all", choices=["all", "max", "none"],
                    help="random-direction control at every non-zero strength, at the extremes, or not at all")
     p.add_argument("--control-seed", type=int, default=1234)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=128, help="rows per generate() call")
     p.add_argument("--out", default=None, help="output directory (default RUN/sweeps)")
     p.add_argument("--model", default=None, help="model spec (default: the SAE's model)")
     p.add_argument("--device", default=None)

@@ -97,17 +97,22 @@ def _window_max_acts(lm, sae, hook, windows: list[list[int]], feature: int) -> n
 
 
 @torch.no_grad()
-def _yes_no(explainer, prompts: list[str]) -> np.ndarray:
-    """Yes-minus-No next-token logit for each prompt (already in chat format)."""
+def _yes_no(explainer, prompts: list[str], batch_size: int = 16) -> np.ndarray:
+    """Yes-minus-No next-token log-odds for each prompt (already in chat format), left-padded batches."""
     tok = explainer.tokenizer
-    yes = [tok.encode(w, add_special_tokens=False)[0] for w in ("Yes", " Yes", "yes")]
-    no = [tok.encode(w, add_special_tokens=False)[0] for w in ("No", " No", "no")]
-    out = []
+    yes = sorted({tok.encode(w, add_special_tokens=False)[0] for w in ("Yes", " Yes", "yes")})
+    no = sorted({tok.encode(w, add_special_tokens=False)[0] for w in ("No", " No", "no")})
     device = next(explainer.model.parameters()).device
-    for p in prompts:
-        ids = tok(p, return_tensors="pt", add_special_tokens=False).input_ids.to(device)
-        logits = explainer.model(input_ids=ids).logits[0, -1].float()
-        out.append(float(torch.logsumexp(logits[yes], 0) - torch.logsumexp(logits[no], 0)))
+    old_side = tok.padding_side
+    tok.padding_side = "left"
+    out = []
+    try:
+        for b in range(0, len(prompts), batch_size):
+            enc = tok(prompts[b:b + batch_size], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            logits = explainer.model(**enc).logits[:, -1].float()
+            out += (torch.logsumexp(logits[:, yes], 1) - torch.logsumexp(logits[:, no], 1)).tolist()
+    finally:
+        tok.padding_side = old_side
     return np.array(out)
 
 

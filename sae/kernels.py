@@ -28,7 +28,7 @@ class Codes:
     offsets: torch.Tensor  # [n] int64, first pair of each token
     n: int
     m: int
-    _by_col: tuple[torch.Tensor, torch.Tensor] | None = None
+    _by_col: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
     def from_topk(cls, idx: torch.Tensor, m: int) -> "Codes":
@@ -44,21 +44,27 @@ class Codes:
         offsets = torch.searchsorted(rows, torch.arange(n, device=rows.device))
         return cls(rows, cols, offsets, n, m)
 
-    def by_col(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(order of the pairs grouped by latent, first pair of each latent in that order)."""
+    def by_col(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(order of the pairs grouped by latent, their tokens in that order, first pair of each
+        latent), computed once per batch and shared by both backward passes."""
         if self._by_col is None:
             order = _stable_argsort(self.cols)
             counts = torch.bincount(self.cols, minlength=self.m)
             starts = torch.zeros(self.m, dtype=torch.int64, device=self.cols.device)
             starts[1:] = counts.cumsum(0)[:-1]
-            self._by_col = (order, starts)
+            self._by_col = (order, self.rows[order], starts)
         return self._by_col
 
     def segment_sum(self, weights: torch.Tensor, rows_data: torch.Tensor) -> torch.Tensor:
         """out[c] = sum over pairs (r, c) of weights[pair] * rows_data[r]  ->  [m, d]."""
-        order, starts = self.by_col()
-        return F.embedding_bag(self.rows[order], rows_data, starts, mode="sum",
+        order, rows, starts = self.by_col()
+        return F.embedding_bag(rows, rows_data, starts, mode="sum",
                                per_sample_weights=weights[order].to(rows_data.dtype))
+
+    def counts(self, vals: torch.Tensor) -> torch.Tensor:
+        """How many tokens each latent was active (> 0) on: [m] float."""
+        return torch.zeros(self.m, dtype=torch.float32, device=vals.device).index_add_(
+            0, self.cols, (vals > 0).to(torch.float32))
 
 
 def _stable_argsort(t: torch.Tensor) -> torch.Tensor:

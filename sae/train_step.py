@@ -97,7 +97,9 @@ class SAETrainer:
             params.append(self.log_threshold)
         self.params = params
         self.lr = spec.lr or train.lr or default_lr(spec.d_sae)
-        self.opt = torch.optim.Adam(params, lr=self.lr, betas=tuple(train.betas), eps=train.eps)
+        # fused Adam: one kernel per step on CPU and CUDA (deterministic, checkpointable like the default)
+        self.opt = torch.optim.Adam(params, lr=self.lr, betas=tuple(train.betas), eps=train.eps,
+                                    fused=device.type in ("cpu", "cuda"))
         self.scale = 1.0
         self.initialized = False
         self.step_n = 0
@@ -157,9 +159,9 @@ class SAETrainer:
                 vals, codes = (kernels.topk_codes if spec.arch == "topk" else kernels.batchtopk_codes)(pre, spec.k)
                 acts = kernels.encode_at(vals, codes, x, sae.W_enc, sae.b_enc, sae.b_dec).relu()
                 x_hat = kernels.decode(acts, codes, sae.W_dec) + sae.b_dec
-                fired = acts.detach() > 0
-                counts = torch.bincount(codes.cols[fired], minlength=m)
-                positives = acts.detach()[fired]
+                counts = codes.counts(acts.detach())
+                if spec.arch == "batchtopk":
+                    positives = acts.detach()[acts.detach() > 0]
             else:
                 pre = sae.pre_acts(x)
                 sae.batch_level = True
@@ -237,8 +239,16 @@ class SAETrainer:
 
         out = {"loss": sse / float(total_var) + self.cfg.auxk_coeff * aux, "fve": 1.0 - sse / float(total_var),
                "aux": aux, "l0": l0_sum / n_global, "lr": lr, "n": n_global}
-        finite = bad == 0 and bool(torch.isfinite(flat).all())
-        if not finite:
+        with torch.no_grad():
+            W = self.sae.W_dec
+            if W.grad is not None:  # keep rows on the unit sphere: drop the radial part of the gradient
+                W.grad -= (W.grad * W).sum(1, keepdim=True) * W
+            # the global grad norm is non-finite iff some gradient is: one reduction checks and clips
+            if self.cfg.grad_clip:
+                norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+            else:
+                norm = torch.nn.utils.get_total_norm([p.grad for p in self.params])
+        if bad != 0 or not math.isfinite(float(norm)):
             self.bad_steps += 1
             self.opt.zero_grad(set_to_none=True)
             if self.bad_steps > self.cfg.max_bad_steps:
@@ -248,11 +258,6 @@ class SAETrainer:
             return out
 
         with torch.no_grad():
-            W = self.sae.W_dec
-            if W.grad is not None:  # keep rows on the unit sphere: drop the radial part of the gradient
-                W.grad -= (W.grad * W).sum(1, keepdim=True) * W
-            if self.cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
             self.opt.step()
             W.div_(W.norm(dim=1, keepdim=True).clamp_min(1e-12))
             fired = counts > 0

@@ -148,7 +148,9 @@ def test_list_filter_and_feature_page(browser, run_dir, tmp_path, mode):
         pg.click("#nav-run")
         pg.wait_for_selector("#config")
         assert "d_sae: 200" in pg.text_content("#config")
-        assert pg.locator("img[src='assets/curves.png']").evaluate("e => e.naturalWidth") > 0
+        # the image loads asynchronously: wait for it (a broken image never gets a width)
+        pg.wait_for_function("() => { const e = document.querySelector(\"img[src='assets/curves.png']\");"
+                             " return e && e.complete && e.naturalWidth > 0; }", timeout=15000)
         w.clean()
     finally:
         w.close()

@@ -179,7 +179,7 @@ def test_score_choice(labeled, lm):
 
 
 def test_stats_share_the_label_forward_and_explain(labeled, lm, monkeypatch):
-    """`stats` over the labeling corpus reuses the cached forward; `explain` names two features
+    """`stats` over the labeling corpus reuses the cached forward; `explain` names a feature
     with the embedded instruct model and scores the names by detection."""
     import labeling.scoring as scoring
     from features.stats import StatsConfig, compute_stats
@@ -193,15 +193,15 @@ def test_stats_share_the_label_forward_and_explain(labeled, lm, monkeypatch):
     monkeypatch.setattr(scoring, "run_passages", no_forward)
     compute_stats(run, corpus=corpus, lm=lm, cfg=StatsConfig(k=6, window=4, quantile_bins=2, samples_per_bin=2))
     monkeypatch.undo()
-    res = explain_features(run, "smollm2-135m", features=[7, 45], n_show=3, n_test=2, max_new_tokens=8, lm=lm)
-    for f in ("7", "45"):
+    res = explain_features(run, "smollm2-135m", features=[7], n_show=3, n_test=2, max_new_tokens=6, lm=lm)
+    for f in ("7",):
         r = res["features"][f]
         assert isinstance(r["label"], str) and r["label"]
         assert "<|" not in r["label"]
         assert r["n_pos"] >= 1
         assert r["balanced_accuracy"] is None or 0 <= r["balanced_accuracy"] <= 1
     saved = json.loads((run / "features" / "explanations.json").read_text())
-    assert set(saved["features"]) >= {"7", "45"}
+    assert set(saved["features"]) >= {"7"}
 
 
 def test_sanitize_strips_markers():

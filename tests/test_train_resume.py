@@ -33,11 +33,17 @@ def _ckpt_tokens(run: Path) -> list[int]:
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_matches_uninterrupted(lm, tmp_path_factory):
+@pytest.mark.parametrize("mode", ["cache", "stream"])
+def test_resume_after_sigkill_matches_uninterrupted(lm, tmp_path_factory, mode):
+    """cache: the data position is (epoch, shard slot, row); stream: LM batches consumed plus the
+    shuffle buffer and the batches already cut from it, all in the checkpoint."""
     cache = real_cache(lm, tmp_path_factory.getbasetemp())
-    tmp = tmp_path_factory.mktemp("resume")
+    tmp = tmp_path_factory.mktemp(f"resume-{mode}")
     cfg = tmp / "cfg.yaml"
-    cfg.write_text(tiny_yaml(cache, epochs=5, checkpoint_every_tokens=2048, eval_every_steps=10))
+    text = tiny_yaml(cache, epochs=5, checkpoint_every_tokens=2048, eval_every_steps=10)
+    if mode == "stream":
+        text = text.replace("tokens: 4096,", "tokens: 16384, mode: stream, buffer_tokens: 1024,")
+    cfg.write_text(text)
 
     ref, killed = tmp / "ref", tmp / "killed"
     subprocess.run(_emosae("train", "--config", str(cfg), "--run", str(ref)), check=True, env=_env(), cwd=ROOT,
