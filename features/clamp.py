@@ -143,6 +143,9 @@ def parse_spec(spec: Any, default_mode: str = "set") -> tuple[str, Strength | No
         mode, raw = default_mode, spec
     mode = str(mode).strip().lower()
     if mode not in MODES:
+        if isinstance(spec, str) and "=" not in spec:
+            raise UserError(f"cannot parse clamp spec {spec!r}: give a strength (8.0, 4x, 0.05r) "
+                            f"or MODE=STRENGTH with MODE one of {', '.join(MODES)}")
         raise UserError(f"unknown clamp mode {mode!r}; use one of {', '.join(MODES)}")
     if mode == "ablate":
         if raw not in (None, "", 0, 0.0, "0"):

@@ -137,7 +137,7 @@ def run_demo(run_dir: str | Path = "runs/demo", fresh: bool = False, overrides: 
     export_dir = run / "browser"
     _step("browser export", (export_dir / "index.html").exists(), lambda: export_site(run, export_dir), timings)
 
-    summary = _summary(run, metrics, labels, geo, dose, clamp_results, export_dir, timings)
+    summary = _summary(run, metrics, read_labels(run), geo, dose, clamp_results, export_dir, timings)  # after "aligned" was merged
     write_json_atomic(summary_path, summary)
     return summary
 

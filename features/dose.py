@@ -64,6 +64,9 @@ def dose_response(mon, templates: list[dict], position: str = "last") -> dict:
             entry["series"][kind] = series
             entry["rho"][kind] = {e: spearman(t["values"], [np.nan if x is None else x for x in v])
                                   for e, v in series.items()}
+            # rho is undefined (null) for a flat series, e.g. a feature that never fires at that token
+            entry.setdefault("flat", {})[kind] = [e for e, v in series.items()
+                                                  if None not in v and max(v) == min(v)]
         out.append(entry)
     return {"hook": mon.hook, "position": position, "skip_tokens": mon.skip_tokens, "templates": out}
 

@@ -114,7 +114,8 @@ class SparseAutoencoder(nn.Module):
                "dtype": str(self.W_enc.dtype).removeprefix("torch."), "device": "cpu",
                "apply_b_dec_to_input": True, "normalize_activations": "none",
                "reshape_activations": "none",
-               "metadata": {"hook_name": self.cfg.hook_name, "emosae_arch": self.cfg.arch,
+               "metadata": {"sae_lens_version": _saelens_version(), "sae_lens_training_version": None,
+                            "hook_name": self.cfg.hook_name, "emosae_arch": self.cfg.arch,
                             "prepend_bos": False, **self.cfg.metadata}}
         if arch == "topk":
             out.update(k=self.cfg.k, rescale_acts_by_decoder_norm=False)
@@ -172,6 +173,16 @@ class SparseAutoencoder(nn.Module):
                 sae.W_dec.div_(norms[:, None])
         sae.requires_grad_(False)
         return sae.eval()
+
+
+def _saelens_version() -> str:
+    """Written into metadata: SAELens reads a config without it as pre-6.0 and drops the metadata."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sae-lens")
+    except PackageNotFoundError:
+        return "6.0.0"
 
 
 def find_sae_dir(path: str | Path) -> Path:

@@ -102,7 +102,7 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     base = run_child(args, sizes[0], stats=False)
     print(f"d_sae={args.d_sae} k={args.k} acts={'SAE encode' if args.encode else 'synthetic TopK'}")
-    print(f"baseline (same loop, no statistics, {base['n_tokens']} tokens): peak RSS {base['peak_rss_mib']} MiB")
+    print(f"baseline (same loop, no statistics, {base['n_tokens']} tokens): peak RSS {base['peak_rss_mib']} MiB", flush=True)
     print(f"{'tokens':>9s} {'peak RSS MiB':>12s} {'RSS/baseline':>12s} {'stats s':>8s} {'acts s':>7s} "
           f"{'stats/acts':>10s} {'tok/s':>8s} {'dense acts GiB':>14s}")
     rows = []
@@ -112,7 +112,7 @@ def main() -> None:
         ratio = r["stats_s"] / max(r["make_s"], 1e-9)
         print(f"{r['n_tokens']:9d} {r['peak_rss_mib']:12.1f} {r['peak_rss_mib'] / base['peak_rss_mib']:12.2f} "
               f"{r['stats_s']:8.1f} {r['make_s']:7.1f} {ratio:10.2f} {r['n_tokens'] / max(r['stats_s'], 1e-9):8.0f} "
-              f"{dense:14.1f}")
+              f"{dense:14.1f}", flush=True)
         rows.append(r)
     growth = rows[-1]["peak_rss_mib"] / rows[0]["peak_rss_mib"]
     print(f"peak RSS grows {growth:.2f}x while tokens grow {rows[-1]['n_tokens'] / rows[0]['n_tokens']:.0f}x")

@@ -20,12 +20,8 @@ import logging
 import sys
 from pathlib import Path
 
-import numpy as np
-
+from features.dose import HIGHLIGHT, TEMPLATES, dose_response, load_templates, plot  # noqa: F401 (re-exported)
 from sae.errors import UserError
-
-log = logging.getLogger("emosae")
-from features.dose import HIGHLIGHT, TEMPLATES, dose_response, load_templates, plot  # noqa: E402,F401
 
 
 def build_monitor(args):
@@ -93,10 +89,16 @@ def print_table(doc: dict, out: Path) -> None:
     print(head)
     for t in doc["templates"]:
         for kind, rho in t["rho"].items():
-            cells = "".join(f"{'n/a' if rho.get(e) is None else format(rho[e], '+.3f'):>11s}" for e in shown)
+            flat = set((t.get("flat") or {}).get(kind, []))
+            cells = "".join(f"{_cell(rho.get(e), e in flat):>11s}" for e in shown)
             exp = "control" if t.get("control") else ", ".join(f"{e} {'+' if s > 0 else '-'}" for e, s in (t.get("expect") or {}).items())
             print(f"{t['name']:16s} {kind:9s}{cells}   {exp}")
+    print("flat: the value never changes there (e.g. a feature that does not fire), so rho is undefined")
     print(f"plots and dose_response.json in {out}")
+
+
+def _cell(rho: float | None, flat: bool) -> str:
+    return "flat" if flat else "n/a" if rho is None else format(rho, "+.3f")
 
 
 if __name__ == "__main__":
