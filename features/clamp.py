@@ -136,7 +136,7 @@ def parse_spec(spec: Any, default_mode: str = "set") -> tuple[str, Strength | No
             mode, raw = spec
         else:
             raise UserError(f"clamp spec {spec!r} should be (mode, strength)")
-    elif isinstance(spec, str) and re.match(r"\s*[a-zA-Z]", spec) and not re.fullmatch(r"\s*[+-]?(inf|nan)\s*", spec, re.I):
+    elif isinstance(spec, str) and ("=" in spec or spec.strip().lower() in MODES):
         mode, _, raw = spec.strip().partition("=")
         raw = raw or None
     else:
