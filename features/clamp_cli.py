@@ -51,23 +51,18 @@ def read_prompts(prompts: list[str] | None, input_file: str | None) -> list[str]
 
 
 def load_prompt_file(path: str | Path) -> list[str]:
+    """Prompts from a JSONL file: {"prompt": ...} (or {"text": ...}, or a bare JSON string) per line."""
+    from labeling.corpus import read_jsonl  # the one JSONL reader: file:line errors, UTF-8 checks
+
     p = Path(path).expanduser()
     if not p.is_file():
         raise UserError(f"prompt file {path} does not exist")
     out = []
-    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{p}:{i}: malformed JSON ({e.msg}); fix or remove that line") from None
+    for i, row in enumerate(read_jsonl(p, required=()), 1):
         text = row.get("prompt", row.get("text")) if isinstance(row, dict) else row if isinstance(row, str) else None
         if not isinstance(text, str) or not text.strip():
-            raise UserError(f"{p}:{i}: no \"prompt\" field; each line needs {{\"prompt\": \"...\"}}")
+            raise UserError(f"{p}: prompt {i} has no \"prompt\" field; each line needs {{\"prompt\": \"...\"}}")
         out.append(text)
-    if not out:
-        raise UserError(f"{p} holds no prompts")
     return out
 
 
