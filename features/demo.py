@@ -22,8 +22,21 @@ from sae.io import read_json, write_json_atomic
 log = logging.getLogger("emosae")
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo-cpu.yaml"
-CLAMP_TARGETS = (("happy", "blissful"), ("sad", "afraid"))  # one positive, one negative (first labeled)
+# one positive and one negative emotion: of each pair, the one whose labeled feature scores the higher
+# held-out AUROC (the more trustworthy detector; the clamp prompts never enter that choice)
+CLAMP_TARGETS = (("happy", "blissful"), ("sad", "afraid"))
 CLAMP_STRENGTH = "2x"
+
+
+def clamp_targets(labels: dict) -> list[str]:
+    chosen = {e for e, v in (labels.get("emotions") or {}).items() if v}
+    held = (labels.get("heldout") or {}).get("per_emotion") or {}
+    out = []
+    for group in CLAMP_TARGETS:
+        cands = [e for e in group if e in chosen]
+        if cands:
+            out.append(max(cands, key=lambda e: (held.get(e) or {}).get("auroc") or 0.0))
+    return out
 
 
 def _config_path() -> Path:
@@ -118,9 +131,7 @@ def run_demo(run_dir: str | Path = "runs/demo", fresh: bool = False, overrides: 
 
     from features.sweep import run_sweeps
     clamp_path = run / "clamp" / "clamp.json"
-    chosen = {e for e, v in (labels.get("emotions") or {}).items() if v}
-    targets = [next((e for e in group if e in chosen), None) for group in CLAMP_TARGETS]
-    targets = [t for t in targets if t]
+    targets = clamp_targets(labels)
 
     def do_clamp():
         prompts = None

@@ -300,6 +300,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval", default=None, metavar="FILE",
                    help="score FILE (text, emotion) with the features already chosen; prints per-emotion AUROC")
     p.add_argument("--skip-tokens", type=int, default=DEFAULT_SKIP, help=f"drop positions < N of each passage (default {DEFAULT_SKIP})")
+    p.add_argument("--reduce", default="max", choices=("max", "mean"),
+                   help="passage score: max (default) or mean of a feature over the kept tokens")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for CIs")
     p.add_argument("--n-null", type=int, default=20, help="label shuffles for the null")
     p.add_argument("--seed", type=int, default=0)
@@ -326,7 +328,8 @@ def _cli(args: argparse.Namespace) -> int:
             if res["unknown_emotions"]:
                 print(f"no label for: {', '.join(res['unknown_emotions'])}")
         return 0
-    settings = LabelSettings(skip_tokens=args.skip_tokens, n_boot=args.n_boot, n_null=args.n_null, seed=args.seed)
+    settings = LabelSettings(skip_tokens=args.skip_tokens, reduce=args.reduce, n_boot=args.n_boot, n_null=args.n_null,
+                             seed=args.seed)
     summary = label_run(args.run, args.corpus, settings, model=args.model, device=args.device)
     if args.json:
         print_json(summary)

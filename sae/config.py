@@ -20,6 +20,7 @@ from sae.errors import UserError
 
 DATA_MODES = ("cache", "stream")
 B_DEC_INITS = ("geometric_median", "mean", "zeros")
+OPTIMIZERS = ("adam", "signum")
 
 
 @dataclass
@@ -62,7 +63,9 @@ class SAESpec:
 @dataclass
 class TrainConfig:
     batch_size: int = 4096  # activation rows per optimizer step, over all ranks
-    lr: float | None = None  # none = 2e-4 / sqrt(d_sae / 2^14) (sparsify's scaling rule)
+    optimizer: str = "adam"  # adam (warm-up + decay) | signum (schedule-free sign descent, sparsify's default)
+    lr: float | None = None  # none = sparsify's rule: (adam 2e-4 | signum 5e-3) / sqrt(d_sae / 2^14)
+    momentum: float = 0.95  # signum's schedule-free interpolation
     warmup_steps: int = 50
     decay_start: float = 0.8  # fraction of training after which lr decays linearly...
     lr_end: float = 0.0  # ...to this fraction of lr
@@ -281,6 +284,11 @@ def validate(cfg: Config) -> None:
         raise UserError(f"train.lr_end is a fraction of the peak lr in 0..1, got {t.lr_end}")
     if len(t.betas) != 2 or not all(0.0 <= b < 1.0 for b in t.betas):
         raise UserError(f"train.betas must be two numbers in [0, 1), got {t.betas}")
+    if t.optimizer not in OPTIMIZERS:
+        raise UserError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {t.optimizer!r}"
+                        f"{_suggest(str(t.optimizer), list(OPTIMIZERS))}")
+    if not 0.0 < t.momentum < 1.0:
+        raise UserError(f"train.momentum must be in (0, 1), got {t.momentum}")
     if t.b_dec_init not in B_DEC_INITS:
         raise UserError(f"train.b_dec_init must be one of {', '.join(B_DEC_INITS)}, got {t.b_dec_init!r}")
     if t.lr is not None and t.lr <= 0:
@@ -391,6 +399,6 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     return from_dict(raw)
 
 
-def default_lr(d_sae: int) -> float:
-    """sparsify's rule for TopK SAEs: 2e-4 at 16k latents, scaled by 1/sqrt(width)."""
-    return 2e-4 / (d_sae / 2**14) ** 0.5
+def default_lr(d_sae: int, optimizer: str = "adam") -> float:
+    """sparsify's rule for TopK SAEs: 2e-4 (Adam) or 5e-3 (signum) at 16k latents, scaled by 1/sqrt(width)."""
+    return (5e-3 if optimizer == "signum" else 2e-4) / (d_sae / 2**14) ** 0.5

@@ -27,6 +27,7 @@ from sae.architectures import SAEConfig, SparseAutoencoder
 from sae.config import SAESpec, TrainConfig, default_lr
 from sae.dist import Dist
 from sae.errors import UserError
+from sae.optim import ScheduleFreeSignSGD
 
 
 def _rect(u: torch.Tensor) -> torch.Tensor:
@@ -96,10 +97,12 @@ class SAETrainer:
                 torch.full((spec.d_sae,), math.log(spec.jumprelu_init_threshold), device=device))
             params.append(self.log_threshold)
         self.params = params
-        self.lr = spec.lr or train.lr or default_lr(spec.d_sae)
-        # fused Adam: one kernel per step on CPU and CUDA (deterministic, checkpointable like the default)
-        self.opt = torch.optim.Adam(params, lr=self.lr, betas=tuple(train.betas), eps=train.eps,
-                                    fused=device.type in ("cpu", "cuda"))
+        self.lr = spec.lr or train.lr or default_lr(spec.d_sae, train.optimizer)
+        if train.optimizer == "signum":
+            self.opt = ScheduleFreeSignSGD(params, lr=self.lr, momentum=train.momentum)
+        else:  # fused Adam: one kernel per step on CPU and CUDA (deterministic, checkpointable like the default)
+            self.opt = torch.optim.Adam(params, lr=self.lr, betas=tuple(train.betas), eps=train.eps,
+                                        fused=device.type in ("cpu", "cuda"))
         self.scale = 1.0
         self.initialized = False
         self.step_n = 0
@@ -138,7 +141,7 @@ class SAETrainer:
     def lr_at(self, progress: float) -> float:
         c = self.cfg
         mult = min(1.0, (self.step_n + 1) / c.warmup_steps) if c.warmup_steps else 1.0
-        if progress > c.decay_start and c.decay_start < 1.0:
+        if c.optimizer == "adam" and progress > c.decay_start and c.decay_start < 1.0:  # schedule-free: no decay
             frac = min(1.0, (progress - c.decay_start) / (1.0 - c.decay_start))
             mult *= 1.0 - (1.0 - c.lr_end) * frac
         return self.lr * mult
@@ -279,8 +282,15 @@ class SAETrainer:
     def export(self) -> SparseAutoencoder:
         """A copy for raw activations: the normaliser folded in, BatchTopK/JumpReLU thresholds set."""
         sae = copy.deepcopy(self.sae)
+        if isinstance(self.opt, ScheduleFreeSignSGD):  # evaluate and save the average x, not y
+            for name, p in (("W_enc", self.sae.W_enc), ("b_enc", self.sae.b_enc), ("W_dec", self.sae.W_dec),
+                            ("b_dec", self.sae.b_dec)):
+                getattr(sae, name).copy_(self.opt.averaged(p))
         if self.spec.arch == "jumprelu":
-            sae.threshold.copy_(self.log_threshold.detach().exp())
+            log_thr = self.log_threshold.detach()
+            if isinstance(self.opt, ScheduleFreeSignSGD):
+                log_thr = self.opt.averaged(self.log_threshold)
+            sae.threshold.copy_(log_thr.exp())
         if self.spec.arch == "batchtopk":
             thr = self.thr_ema / (1 - (1 - self.cfg.batchtopk_threshold_lr) ** self.thr_steps) if self.thr_steps else 0.0
             sae.threshold.fill_(thr)

@@ -55,7 +55,7 @@ def resolve(cfg: Config) -> Config:
     if cfg.train.device == "auto":
         cfg.train.device = cfg.model.device
     for s in cfg.saes:
-        s.lr = s.lr or cfg.train.lr or default_lr(s.d_sae)
+        s.lr = s.lr or cfg.train.lr or default_lr(s.d_sae, cfg.train.optimizer)
     return cfg
 
 

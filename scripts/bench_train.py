@@ -88,9 +88,11 @@ def bare_forward(lm, rows, hook: str, args) -> float:
 def emosae_config(args, tmp: Path, saes: str, tokens: int, tag: str):
     text = (f"model: {{name: {args.model}}}\n"
             f"data: {{dataset: {args.dataset}, context_size: {args.context}, token_budget: {args.batch}, "
-            f"tokens: {tokens}, heldout_tokens: {args.heldout_tokens}, cache: {tmp / ('cache-' + tag)}}}\n"
+            f"tokens: {tokens}, heldout_tokens: {args.heldout_tokens}, cache: {tmp / ('cache-' + tag)}, "
+            f"mode: {args.data_mode}}}\n"
             f"{saes}\n"
-            f"train: {{batch_size: {args.batch}, lr: {args.lr}, warmup_steps: {args.warmup}, decay_start: 0.7, "
+            f"train: {{batch_size: {args.batch}, optimizer: {args.optimizer}, lr: {'null' if args.lr is None else args.lr}, "
+            f"warmup_steps: {args.warmup}, decay_start: 0.7, "
             f"dead_tokens: {args.dead_tokens}, checkpoint_every_tokens: {10 ** 12}, eval_every_steps: {10 ** 9}, "
             f"ce_eval: false}}\n"
             f"log: {{progress: {str(not args.json).lower()}, curves: false}}\n")
@@ -142,7 +144,9 @@ def run_saelens(args, lm, train_rows, x_ho: torch.Tensor, tmp: Path) -> dict:
         model_name=lm.path, model_class_name="AutoModelForCausalLM", hook_name=module_path(lm.model, layer),
         dataset_path="", is_dataset_tokenized=True, streaming=False, context_size=args.context,
         prepend_bos=False, seqpos_slice=(1, None), training_tokens=n_train, train_batch_size_tokens=args.batch,
-        store_batch_size_prompts=max(1, args.batch // args.context), n_batches_in_buffer=8,
+        store_batch_size_prompts=max(1, args.batch // args.context),
+        # SAELens 6 sizes its mixing buffer as n_batches_in_buffer x context tokens; it must hold 2 batches
+        n_batches_in_buffer=max(8, math.ceil(2 * args.batch / (args.context - 1))),
         device="cpu", dtype="float32", logger=LoggingConfig(log_to_wandb=False),
         checkpoint_path=str(tmp / "saelens-ckpt"), output_path=str(tmp / "saelens-out"), n_checkpoints=0,
         verbose=False, seed=0)
@@ -221,7 +225,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--d-sae", type=int, default=4608)
     p.add_argument("-k", "--k", type=int, default=32)
     p.add_argument("--batch", type=int, default=4096, help="tokens per SAE step and per LM batch")
-    p.add_argument("--lr", type=float, default=1e-3, help="emosae's lr (the others use their defaults)")
+    p.add_argument("--optimizer", default="signum", choices=("adam", "signum"),
+                   help="emosae's optimizer (default signum: better than Adam at this benchmark's ~50 steps)")
+    p.add_argument("--data-mode", default="cache", choices=("cache", "stream"),
+                   help="emosae's data path: harvest into the disk cache, or a shuffle buffer in memory")
+    p.add_argument("--lr", type=float, default=None,
+                   help="emosae's lr (default: its rule for the optimizer; the others use their defaults)")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--dead-tokens", type=int, default=50_000)
     p.add_argument("--skip", default="", help="comma list of: limit,emosae,saelens,sparsify,sparsify_cut,four")
@@ -239,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     x_ho = heldout_acts(lm, held, args.hook, args)
     tokens = len(train_rows) * args.context
     log.info("%d training tokens (%d rows), %d held-out activations", tokens, len(train_rows), x_ho.shape[0])
-    out: dict = {"tokens": tokens, "heldout_activations": int(x_ho.shape[0]), "device": "cpu",
+    out: dict = {"tokens": tokens, "heldout_activations": int(x_ho.shape[0]), "device": "cpu", "emosae_optimizer": args.optimizer,
                  "threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory(prefix="bench_train-") as d:
         tmp = Path(d)

@@ -4,6 +4,8 @@ JumpReLU and Standard steps lower their loss."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -79,3 +81,44 @@ def test_geometric_median_resists_outliers():
     x[:5] += 1000
     gm = geometric_median(x)
     assert (gm - 3).abs().max() < 0.5 and (x.mean(0) - 3).abs().max() > 10
+
+
+def test_schedule_free_signum_matches_its_three_sequences():
+    """y (the parameter), z (sign descent) and x (lr^2-weighted average of z) by hand, 5 steps with
+    a warm-up; `averaged` gives x."""
+    from sae.optim import ScheduleFreeSignSGD
+
+    g = torch.Generator().manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(7, generator=g))
+    opt = ScheduleFreeSignSGD([p], lr=0.1, momentum=0.9)
+    z, x, wsum, beta = p.detach().clone(), p.detach().clone(), 0.0, 0.9
+    for step, lr in enumerate([0.02, 0.05, 0.1, 0.1, 0.1]):
+        grad = torch.randn(7, generator=g)
+        for grp in opt.param_groups:
+            grp["lr"] = lr
+        p.grad = grad.clone()
+        opt.step()
+        z = z - lr * grad.sign()
+        wsum += lr ** 2
+        x = x + (lr ** 2 / wsum) * (z - x)
+        y = (1 - beta) * z + beta * x
+        torch.testing.assert_close(p.detach(), y, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(opt.averaged(p), x, rtol=1e-6, atol=1e-6)
+
+
+def test_signum_trainer_learns_and_exports_the_average():
+    tr = _trainer(optimizer="signum", lr=5e-3)
+    x = _data(512)
+    tr.initialize(x[:128], Dist())
+    assert tr.lr_at(0.99) == pytest.approx(5e-3)  # schedule-free: no decay
+    losses = [tr.step(x[i % 4 * 128:(i % 4 + 1) * 128], 0.5, Dist())["loss"] for i in range(30)]
+    assert losses[-1] < 0.7 * losses[0]
+    sae = tr.export()
+    assert not torch.equal(sae.W_enc, tr.sae.W_enc)  # x, not the gradient point y
+    torch.testing.assert_close(sae.W_dec, tr.opt.averaged(tr.sae.W_dec) / tr.scale)
+    state = copy.deepcopy(tr.state_dict())  # as a checkpoint file would: no tensors shared with tr
+    tr2 = _trainer(optimizer="signum", lr=5e-3)
+    tr2.load_state_dict(state)
+    a = tr.step(x[:128], 0.5, Dist())["loss"]
+    b = tr2.step(x[:128], 0.5, Dist())["loss"]
+    assert a == b and all(torch.equal(p, q) for p, q in zip(tr.params, tr2.params))
