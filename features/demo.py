@@ -25,7 +25,7 @@ DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo-cpu.yaml"
 # one positive and one negative emotion: of each pair, the one whose labeled feature scores the higher
 # held-out AUROC (the more trustworthy detector; the clamp prompts never enter that choice)
 CLAMP_TARGETS = (("happy", "blissful"), ("sad", "afraid"))
-CLAMP_STRENGTH = "2x"
+CLAMP_STRENGTH = "0.25r"  # the same edit norm for every feature: a quarter of the mean residual norm
 
 
 def clamp_targets(labels: dict) -> list[str]:

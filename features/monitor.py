@@ -41,6 +41,7 @@ class Monitor:
     skip_tokens: int = 4
     outlier_mult: float | None = 10.0
     emotions: list[str] = field(default_factory=list)
+    position: str = "mean"  # default reduce of score(); from_run sets the labels' rule
 
     @classmethod
     def from_run(cls, run: str | Path, emotions: Sequence[str] | None = None, lm=None, model: str | None = None,
@@ -68,6 +69,7 @@ class Monitor:
         skip = int((labels.get("settings") or {}).get("skip_tokens", DEFAULT_SKIP))
         mon = cls(lm, hook, sae, features, vectors, skip, outlier_mult)
         mon.emotions = mon.pick(emotions)
+        mon.position = (labels.get("settings") or {}).get("reduce", "max")  # the rule the labels were chosen by
         return mon
 
     @classmethod
@@ -104,11 +106,13 @@ class Monitor:
         return both or known
 
     @torch.no_grad()
-    def score(self, texts: Sequence[str], position: str = "max", tokens: bool = False) -> list[dict]:
-        """One dict per text: {"features": {e: float|None}, "vectors": {e: float|None}} (+ "tokens":
+    def score(self, texts: Sequence[str], position: str | None = None, tokens: bool = False) -> list[dict]:
+        """`position` defaults to the run's label rule (labels.json settings.reduce; mean for vectors
+        alone, the paper's recipe). One dict per text: {"features": {e: float|None}, "vectors": {e: float|None}} (+ "tokens":
         [{"token", "features", "vectors"}], values null where the token is masked)."""
         from labeling.scoring import passage_acts
 
+        position = position or self.position
         if position not in POSITIONS:
             raise UserError(f"unknown --position {position!r}; use one of {', '.join(POSITIONS)}")
         if not texts:
@@ -197,7 +201,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", help="run directory with labels.json and vectors/")
     p.add_argument("--input", required=True, help="JSONL, one {\"text\"} or {\"messages\"} per line")
     p.add_argument("--emotions", default=None, help="comma-separated emotions (default: all with a feature and a vector)")
-    p.add_argument("--position", default="max", choices=POSITIONS, help="reduce over kept tokens (default max)")
+    p.add_argument("--position", default=None, choices=POSITIONS,
+                   help="reduce over kept tokens (default: the rule the run's labels were chosen by, labels.json settings.reduce)")
     p.add_argument("--tokens", action="store_true", help="add per-token values")
     p.add_argument("--model", default=None, help="model spec (default: the SAE's model)")
     p.add_argument("--device", default=None)

@@ -1,7 +1,7 @@
 """`emosae label RUN`: which SAE features track which emotions, scored against ground truth.
 
-1. Every passage of the corpus (train and held-out) gets a score per feature: the max over its
-   tokens kept by THE position mask and the `skip_tokens` rule (labeling.scoring; one forward,
+1. Every passage of the corpus (train and held-out) gets a score per feature: the mean (default;
+   `--reduce max` for the max) over its tokens kept by THE position mask and the `skip_tokens` rule (labeling.scoring; one forward,
    cached in RUN/labeling/ and shared with `emosae stats`).
 2. On the train split, for each emotion vs the rest (neutral included, its near-synonym cluster
    left out of the negatives): AUROC and precision@k (k = the emotion's number of positives)
@@ -40,7 +40,7 @@ LABELS = "labels.json"
 @dataclass
 class LabelSettings:
     skip_tokens: int = DEFAULT_SKIP
-    reduce: str = "max"
+    reduce: str = "mean"  # the emotion vectors' rule; measured: held-out 7/30 >= 0.9, macro 0.828 vs max's 3/30, 0.742
     top_features: int = 10  # ranked features listed per emotion
     n_boot: int = 1000
     n_null: int = 20
@@ -300,8 +300,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval", default=None, metavar="FILE",
                    help="score FILE (text, emotion) with the features already chosen; prints per-emotion AUROC")
     p.add_argument("--skip-tokens", type=int, default=DEFAULT_SKIP, help=f"drop positions < N of each passage (default {DEFAULT_SKIP})")
-    p.add_argument("--reduce", default="max", choices=("max", "mean"),
-                   help="passage score: max (default) or mean of a feature over the kept tokens")
+    p.add_argument("--reduce", default="mean", choices=("max", "mean"),
+                   help="passage score: mean (default, the emotion vectors' rule) or max of a feature over the kept tokens")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for CIs")
     p.add_argument("--n-null", type=int, default=20, help="label shuffles for the null")
     p.add_argument("--seed", type=int, default=0)

@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=4096, help="tokens per SAE step and per LM batch")
     p.add_argument("--optimizer", default="signum", choices=("adam", "signum"),
                    help="emosae's optimizer (default signum: better than Adam at this benchmark's ~50 steps)")
-    p.add_argument("--data-mode", default="cache", choices=("cache", "stream"),
+    p.add_argument("--data-mode", default="stream", choices=("cache", "stream"),
                    help="emosae's data path: harvest into the disk cache, or a shuffle buffer in memory")
     p.add_argument("--lr", type=float, default=None,
                    help="emosae's lr (default: its rule for the optimizer; the others use their defaults)")

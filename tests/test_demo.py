@@ -1,0 +1,42 @@
+"""The demo's summary: the keys the issue names, the table, and the clamp-target rule (of each pair,
+the emotion whose labeled feature has the higher held-out AUROC). The end-to-end demo is run by
+`make demo` (minutes); these check the pieces it assembles from the stage outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from features.demo import _summary, clamp_targets, format_table
+
+LABELS = {
+    "emotions": {"happy": [{"feature": 1}], "blissful": [{"feature": 2}], "sad": [{"feature": 3}], "afraid": []},
+    "heldout": {"per_emotion": {"happy": {"feature": 1, "auroc": 0.7}, "blissful": {"feature": 2, "auroc": 0.95},
+                                "sad": {"feature": 3, "auroc": 0.6}},
+                "n_at_threshold": 1, "macro_auroc": 0.75},
+    "null": {"heldout_macro_auroc_mean": 0.51},
+}
+
+
+def test_clamp_targets_pick_the_better_heldout_detector():
+    assert clamp_targets(LABELS) == ["blissful", "sad"]  # afraid has no feature: sad is the negative one
+    assert clamp_targets({"emotions": {}}) == []
+
+
+def test_summary_has_the_documented_keys_and_table(tmp_path: Path):
+    clamp = [{"label": "blissful", "feature": 2, "rows": [
+        {"strength": "0", "delta": 0.0},
+        {"strength": "1x", "delta": 0.31, "delta_lo": 0.1, "delta_hi": 0.5, "control_delta": -0.02,
+         "control_delta_lo": -0.1, "control_delta_hi": 0.06, "ppl_ratio": 2.0}]}]
+    dose = {"templates": [{"name": "acetaminophen", "rho": {"features": {"afraid": 0.9, "calm": -0.8},
+                                                             "vectors": {"afraid": 0.5, "calm": -0.4}}},
+                          {"name": "pages", "control": True, "rho": {"features": {"afraid": 0.1}}}]}
+    s = _summary(tmp_path, {"fve": 0.8, "l0": 32.0, "dead": 0.01, "ce_loss_score": 0.97}, LABELS,
+                 {"pc1_valence_r": 0.5, "n": 26}, dose, clamp, tmp_path / "browser", {"train": 1.0})
+    for key in ("run_dir", "fve", "l0", "dead", "ce_loss_score", "n_auroc_ge_0_9", "n_emotions", "pc1_valence_r",
+                "afraid_dose_rho", "calm_dose_rho", "clamp", "export_dir"):
+        assert key in s, key
+    assert s["n_auroc_ge_0_9"] == 1 and s["n_emotions"] == 3
+    assert s["clamp"]["blissful"] == {"feature": 2, "strength": "1x", "delta_vader": 0.31, "delta_ci": [0.1, 0.5],
+                                      "control_delta_vader": -0.02, "control_ci": [-0.1, 0.06], "ppl_ratio": 2.0}
+    table = format_table(s)
+    assert "1/3 emotions" in table and "clamp blissful" in table and "+0.310" in table
