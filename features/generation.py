@@ -3,7 +3,8 @@
 Each (prompt, seed) row samples from its own torch.Generator (inverse-CDF sampling inside a logits
 processor, so `generate()` runs greedy over already-sampled scores): a row's text depends on its
 seed, not on what else is in the batch, and a baseline and a clamped run with the same seeds share
-their random numbers, which makes their difference much less noisy."""
+their random numbers, which makes their difference much less noisy. (`sae.generation` is the plain
+batch sampler for writing corpora; both share its `chat_prompt`.)"""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from sae.errors import UserError
+from sae.generation import chat_prompt
 
 
 def format_prompts(tokenizer, prompts: list[str], chat: bool | None = None) -> tuple[list[str], bool]:
@@ -25,8 +27,7 @@ def format_prompts(tokenizer, prompts: list[str], chat: bool | None = None) -> t
         raise UserError("this tokenizer has no chat template; drop --chat or use a base-model prompt")
     if not use_chat:
         return list(prompts), False
-    return [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                          add_generation_prompt=True) for p in prompts], True
+    return [chat_prompt(tokenizer, p) for p in prompts], True
 
 
 class SeededSampler:
