@@ -107,9 +107,10 @@ class Monitor:
 
     @torch.no_grad()
     def score(self, texts: Sequence[str], position: str | None = None, tokens: bool = False) -> list[dict]:
-        """`position` defaults to the run's label rule (labels.json settings.reduce; mean for vectors
-        alone, the paper's recipe). One dict per text: {"features": {e: float|None}, "vectors": {e: float|None}} (+ "tokens":
-        [{"token", "features", "vectors"}], values null where the token is masked)."""
+        """One dict per text: {"features": {e: float|None}, "vectors": {e: float|None}} (+ "tokens":
+        [{"token", "features", "vectors"}], values null where the token is masked). `position`
+        defaults to the rule the run's labels were chosen by (labels.json settings.reduce), so a
+        reading means what the label's AUROC measured; mean for vectors alone (the paper's recipe)."""
         from labeling.scoring import passage_acts
 
         position = position or self.position

@@ -282,15 +282,10 @@ class SAETrainer:
     def export(self) -> SparseAutoencoder:
         """A copy for raw activations: the normaliser folded in, BatchTopK/JumpReLU thresholds set."""
         sae = copy.deepcopy(self.sae)
-        if isinstance(self.opt, ScheduleFreeSignSGD):  # evaluate and save the average x, not y
-            for name, p in (("W_enc", self.sae.W_enc), ("b_enc", self.sae.b_enc), ("W_dec", self.sae.W_dec),
-                            ("b_dec", self.sae.b_dec)):
-                getattr(sae, name).copy_(self.opt.averaged(p))
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+            getattr(sae, name).copy_(self._final(getattr(self.sae, name)))
         if self.spec.arch == "jumprelu":
-            log_thr = self.log_threshold.detach()
-            if isinstance(self.opt, ScheduleFreeSignSGD):
-                log_thr = self.opt.averaged(self.log_threshold)
-            sae.threshold.copy_(log_thr.exp())
+            sae.threshold.copy_(self._final(self.log_threshold).exp())
         if self.spec.arch == "batchtopk":
             thr = self.thr_ema / (1 - (1 - self.cfg.batchtopk_threshold_lr) ** self.thr_steps) if self.thr_steps else 0.0
             sae.threshold.fill_(thr)
@@ -298,6 +293,10 @@ class SAETrainer:
         sae.fold_input_scale(self.scale)
         sae.requires_grad_(False)
         return sae.eval()
+
+    def _final(self, p: torch.Tensor) -> torch.Tensor:
+        """The weights to evaluate and save: schedule-free's average x, else the parameter itself."""
+        return self.opt.averaged(p) if isinstance(self.opt, ScheduleFreeSignSGD) else p.detach()
 
     def state_dict(self) -> dict:
         return {"params": [p.detach().clone().cpu() for p in self.params], "opt": self.opt.state_dict(),
