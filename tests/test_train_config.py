@@ -53,6 +53,8 @@ def test_defaults_and_overrides(tmp_path):
     ("saes: [{name: a}, {name: a}]\n", [], "two SAEs are named 'a'"),
     ("data: {mode: disk}\n", [], "data.mode must be one of"),
     ("train: {decay_start: 2}\n", [], "decay_start"),
+    ("train: {optimizer: signam}\n", [], "did you mean 'signum'"),
+    ("train: {momentum: 1.5}\n", [], "train.momentum must be in"),
     ("", ["train.lr"], "section.key=value"),
     ("saes: [{}]\n", ["sae.k=3"], "saes.N.k"),
     ("saes: [{}]\n", ["saes.3.k=3"], "index it with 0..0"),
