@@ -6,7 +6,7 @@ import argparse
 import importlib
 
 MODULES = ("features.stats", "features.vectors", "features.monitor", "features.clamp_cli", "features.demo",
-           "features.sweep", "features.browser")
+           "features.sweep", "features.screen", "features.browser")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

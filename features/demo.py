@@ -4,7 +4,8 @@ skipped when its output is already there (so an interrupted demo resumes and a r
   train (harvest into the run's activation cache, then the SAE) -> statistics from that cache ->
   labels on the emotion corpus, scored on the held-out topics -> emotion vectors at the run's
   layer + alignment with the SAE -> geometry (PC1 vs valence) -> the acetaminophen dose template
-  through the monitor -> clamp a positive and a negative emotion feature, with a random control ->
+  through the monitor -> screen a positive and a negative emotion's features for the one that
+  steers, then clamp each on separate prompts, with a random control ->
   browser export -> a summary table (stderr) and RUN/summary.json (stdout with --json)."""
 
 from __future__ import annotations
@@ -22,13 +23,16 @@ from sae.io import read_json, write_json_atomic
 log = logging.getLogger("emosae")
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo-cpu.yaml"
-# one positive and one negative emotion: of each pair, the one whose labeled feature scores the higher
-# held-out AUROC (the more trustworthy detector; the clamp prompts never enter that choice)
+# one positive and one negative emotion group, with the way each should move valence
 CLAMP_TARGETS = (("happy", "blissful"), ("sad", "afraid"))
+CLAMP_SIGNS = (1, -1)
 CLAMP_STRENGTH = "0.25r"  # the same edit norm for every feature: a quarter of the mean residual norm
+SCREEN = {"top": 3, "aligned": 2, "samples": 2}  # candidates per emotion, on the shipped screening prompts
 
 
 def clamp_targets(labels: dict) -> list[str]:
+    """Of each pair, the emotion whose labeled feature has the higher held-out AUROC (the more
+    trustworthy detector): the fallback when screening finds no feature that steers."""
     chosen = {e for e, v in (labels.get("emotions") or {}).items() if v}
     held = (labels.get("heldout") or {}).get("per_emotion") or {}
     out = []
@@ -37,6 +41,32 @@ def clamp_targets(labels: dict) -> list[str]:
         if cands:
             out.append(max(cands, key=lambda e: (held.get(e) or {}).get("auroc") or 0.0))
     return out
+
+
+def screened_targets(run: Path, labels: dict, lm) -> tuple[list[str], list[str], list[dict]]:
+    """(feature targets, their emotions, screen documents): per group, the candidate feature that
+    moved VADER furthest the group's way on the screening prompts (features/screen.py); the
+    evaluation then runs on the separate sweep prompts, so the pick's reported effect is unbiased."""
+    from features.screen import screen
+
+    fallback = clamp_targets(labels)
+    chosen = {e for e, v in (labels.get("emotions") or {}).items() if v}
+    targets, emotions, docs = [], [], []
+    for group, sign in zip(CLAMP_TARGETS, CLAMP_SIGNS):
+        emos = [e for e in group if e in chosen]
+        if not emos:
+            continue
+        doc = screen(run, emos, sign, CLAMP_STRENGTH, SCREEN["top"], SCREEN["aligned"], samples=SCREEN["samples"], lm=lm)
+        docs.append(doc)
+        if doc["pick"] is not None:
+            why = next(c["why"] for c in doc["candidates"] if c["feature"] == doc["pick"])
+            targets.append(str(doc["pick"]))
+            emotions.append(why.split()[0])
+        else:  # nothing steered: show the best detector's effect, whatever it is
+            e = next(e for e in fallback if e in emos)
+            targets.append(e)
+            emotions.append(e)
+    return targets, emotions, docs
 
 
 def _config_path() -> Path:
@@ -131,17 +161,21 @@ def run_demo(run_dir: str | Path = "runs/demo", fresh: bool = False, overrides: 
 
     from features.sweep import run_sweeps
     clamp_path = run / "clamp" / "clamp.json"
-    targets = clamp_targets(labels)
 
     def do_clamp():
-        prompts = None
         from features.clamp_cli import load_prompt_file
         from features.sweep import DEFAULT_PROMPTS
+        targets, emotions, screens = screened_targets(run, labels, lm)
+        write_json_atomic(run / "clamp" / "screen.json", screens)
+        if not targets:
+            return
         prompts = load_prompt_file(DEFAULT_PROMPTS)[:clamp_prompts]
         results = run_sweeps(run, targets, [f"0", CLAMP_STRENGTH], prompts=prompts, samples=clamp_samples,
                              control="max", lm=lm, out_dir=run / "clamp")
+        for res, e in zip(results, emotions):
+            res["emotion"] = e
         write_json_atomic(clamp_path, results)
-    _step("clamp", clamp_path.exists() or not targets, do_clamp, timings)
+    _step("clamp", clamp_path.exists() or not clamp_targets(labels), do_clamp, timings)
     clamp_results = read_json(clamp_path) if clamp_path.exists() else []
 
     from features.browser.export import export_site
@@ -173,7 +207,7 @@ def _summary(run: Path, metrics: dict, labels: dict, geo: dict, dose: dict, clam
         rows = [r for r in res.get("rows", []) if r.get("strength") not in ("0", "0.0")]
         if rows:
             r = rows[-1]
-            clamp[res.get("label") or res.get("target")] = {
+            clamp[res.get("emotion") or res.get("label") or res.get("target")] = {
                 "feature": res.get("feature"), "strength": r.get("strength"), "delta_vader": r.get("delta"),
                 "delta_ci": [r.get("delta_lo"), r.get("delta_hi")], "control_delta_vader": r.get("control_delta"),
                 "control_ci": [r.get("control_delta_lo"), r.get("control_delta_hi")], "ppl_ratio": r.get("ppl_ratio")}

@@ -340,3 +340,36 @@ def test_sweep_rows_files_and_control(lm, run, tmp_path):
     assert "vector:happy" in table(results)
     with pytest.raises(UserError, match="mix units"):
         run_sweeps(run, ["happy"], "1x,0.1r", prompts=["a"], samples=1, lm=lm, out_dir=tmp_path)
+
+
+# --- screening candidates for steering -------------------------------------------------------------
+def test_screen_candidates_and_pick_rule():
+    from features.screen import candidates, pick
+
+    labels = {"emotions": {"sad": [{"feature": 4}, {"feature": 5}, {"feature": 6}], "afraid": [{"feature": 5}]},
+              "aligned": {"sad": [{"feature": 9}, {"feature": 10}], "afraid": [{"feature": 4}]}}
+    assert candidates(labels, ["sad", "afraid"], top=2, aligned=1) == [
+        (4, "sad label #1"), (5, "sad label #2"), (9, "sad aligned #1")]  # 5 and 4 already named
+    with pytest.raises(UserError, match="no emotion 'sadd'; nearest: sad"):
+        candidates(labels, ["sadd"])
+    rows = [{"feature": 4, "delta": -0.5, "ppl_ratio": 3.5},  # strongest, but incoherent
+            {"feature": 5, "delta": -0.3, "ppl_ratio": 1.8}, {"feature": 9, "delta": 0.4, "ppl_ratio": 1.2}]
+    assert pick(rows, -1)["feature"] == 5 and pick(rows, +1)["feature"] == 9
+    assert pick(rows[:1], -1) is None and pick(rows[1:2], +1) is None
+
+
+def test_screen_runs_each_candidate_against_one_baseline(lm, run, capsys):
+    from features.screen import screen, table
+
+    doc = screen(run, ["happy"], +1, "0.3r", top=2, aligned=0, prompts=["Describe your room.", "Write about rain."],
+                 samples=2, max_new_tokens=6, lm=lm)
+    assert [c["feature"] for c in doc["candidates"]] == [3, 11]
+    for c in doc["candidates"]:
+        assert c["strength"] == "0.3r" and c["ppl_ratio"] > 0 and c["delta_lo"] <= c["delta"] <= c["delta_hi"]
+    assert doc["pick"] in (None, 3, 11)
+    assert doc["pick"] is None or next(c for c in doc["candidates"] if c["feature"] == doc["pick"])["delta"] > 0
+    assert "happy label #1" in table(doc)
+    from sae.cli import main
+
+    assert main(["screen", str(run), "--emotions", "happy", "--sign", "+", "--strength", "0"]) == 2
+    assert "non-zero" in capsys.readouterr().err

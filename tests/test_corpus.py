@@ -118,3 +118,20 @@ def test_user_corpus_errors(tmp_path):
     p.write_text('{"text": "a", "emotion": " Happy "}\n')
     r = load_corpus(p)
     assert r[0]["emotion"] == "happy" and r[0]["split"] == "train"
+
+
+def test_sae_corpus_is_the_script_output_and_holds_no_heldout_passage(rows):
+    """The demo SAE trains on general text plus the *train* passages; a held-out passage in it
+    would leak the labels' test topics into the features."""
+    import gzip
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_sae_corpus", DATA.parent.parent / "scripts" / "make_sae_corpus.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    with gzip.open(DATA / "sae_corpus.jsonl.gz", "rt", encoding="utf-8") as f:
+        shipped = [json.loads(line) for line in f]
+    assert shipped == mod.mixed_rows(DATA / "general_corpus.jsonl.gz")
+    texts = {r["text"] for r in shipped}
+    assert all(r["text"] in texts for r in rows if r["split"] == "train")
+    assert not any(r["text"] in texts for r in rows if r["split"] == "heldout")

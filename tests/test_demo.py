@@ -40,3 +40,22 @@ def test_summary_has_the_documented_keys_and_table(tmp_path: Path):
                                       "control_delta_vader": -0.02, "control_ci": [-0.1, 0.06], "ppl_ratio": 2.0}
     table = format_table(s)
     assert "1/3 emotions" in table and "clamp blissful" in table and "+0.310" in table
+
+
+def test_screened_targets_take_the_screen_pick_else_the_best_detector(monkeypatch, tmp_path: Path):
+    import features.screen
+    from features.demo import screened_targets
+
+    calls = []
+
+    def fake_screen(run, emotions, sign, strength, top, aligned, samples, lm):
+        calls.append((tuple(emotions), sign, strength))
+        if sign > 0:  # the positive group steers with an aligned feature; nothing steers negative
+            return {"pick": 40, "candidates": [{"feature": 1, "why": "blissful label #1"},
+                                               {"feature": 40, "why": "blissful aligned #2"}]}
+        return {"pick": None, "candidates": [{"feature": 3, "why": "sad label #1"}]}
+
+    monkeypatch.setattr(features.screen, "screen", fake_screen)
+    targets, emotions, docs = screened_targets(tmp_path, LABELS, lm=None)
+    assert calls == [(("happy", "blissful"), 1, "0.25r"), (("sad",), -1, "0.25r")]  # afraid has no feature
+    assert targets == ["40", "sad"] and emotions == ["blissful", "sad"] and len(docs) == 2

@@ -87,7 +87,8 @@ def test_demo_preset():
     cfg = load_config(ROOT / "configs" / "demo-cpu.yaml")
     s = cfg.saes[0]
     assert (cfg.model.name, s.arch, s.hook, s.d_sae, s.k) == ("smollm2-135m", "topk", "blocks.15.hook_resid_post", 4608, 32)
-    assert cfg.data.dataset == "labeling/data/general_corpus.jsonl.gz" and cfg.data.mode == "cache"
+    assert cfg.data.dataset == "labeling/data/sae_corpus.jsonl.gz" and cfg.data.mode == "cache"
+    assert (ROOT / cfg.data.dataset).exists()
     assert 200_000 <= cfg.data.tokens <= 300_000
 
 

@@ -1,0 +1,147 @@
+"""`emosae screen`: which of an emotion's candidate features actually steers behaviour.
+
+A feature that *detects* an emotion well (high AUROC) need not *move* the model's output: on the
+demo SAE the best "sad" detector lifts VADER valence when clamped, while its third-ranked feature
+lowers it. So before a steering experiment, screen: the top labeled and the best decoder-aligned
+features of some emotions, each clamped at one strength on a screening prompt set (shipped,
+disjoint from the sweep's evaluation prompts), scored by VADER shift and perplexity against one
+shared baseline. The pick is the candidate with the largest shift in the wanted direction whose
+perplexity stays under `max_ppl_ratio`. Report its effect on the *evaluation* prompts, never the
+screening ones: the pick was chosen on them, so their numbers are biased upward."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from sae.errors import UserError
+
+log = logging.getLogger("emosae")
+SCREEN_PROMPTS = Path(__file__).resolve().parent.parent / "labeling" / "data" / "screen_prompts.jsonl"
+DEFAULT_STRENGTH = "0.25r"
+MAX_PPL_RATIO = 3.0
+
+
+def candidates(labels: dict, emotions: Sequence[str], top: int = 3, aligned: int = 1) -> list[tuple[int, str]]:
+    """[(feature, why)] in order: each emotion's `top` labeled features, then its `aligned`
+    best decoder-aligned ones; a feature named twice is screened once."""
+    ranked, near = labels.get("emotions") or {}, labels.get("aligned") or {}
+    unknown = [e for e in emotions if e not in ranked]
+    if unknown:
+        from features.clamp import nearest
+
+        raise UserError(f"labels.json has no emotion {unknown[0]!r}; nearest: {nearest(unknown[0], sorted(ranked))}")
+    out: dict[int, str] = {}
+    for e in emotions:
+        for i, r in enumerate((ranked.get(e) or [])[:top]):
+            out.setdefault(int(r["feature"]), f"{e} label #{i + 1}")
+        for i, r in enumerate((near.get(e) or [])[:aligned]):
+            out.setdefault(int(r["feature"]), f"{e} aligned #{i + 1}")
+    return list(out.items())
+
+
+def pick(rows: list[dict], sign: int, max_ppl_ratio: float = MAX_PPL_RATIO) -> dict | None:
+    """The screened row with the largest shift in direction `sign` among those under the
+    perplexity bound; None when no candidate moves valence that way at all."""
+    ok = [r for r in rows if r.get("delta") is not None and (r.get("ppl_ratio") or float("inf")) < max_ppl_ratio
+          and sign * r["delta"] > 0]
+    return max(ok, key=lambda r: sign * r["delta"]) if ok else None
+
+
+def screen(run_dir: str | Path, emotions: Sequence[str], sign: int, strength: str = DEFAULT_STRENGTH,
+           top: int = 3, aligned: int = 1, prompts: str | Path | Sequence[str] | None = None, samples: int = 4,
+           max_ppl_ratio: float = MAX_PPL_RATIO, lm=None, **sweep_kw) -> dict:
+    """Screen the candidates of `emotions` at `strength` (set mode); {"emotions", "sign", "strength",
+    "candidates": [{feature, why, delta, ppl_ratio, ...}], "pick": feature | None, "settings"}."""
+    from features.sweep import run_sweeps
+    from features.units import parse_strength
+    from labeling.label import read_labels
+
+    if sign not in (1, -1):
+        raise UserError(f"sign must be + or -, not {sign!r}")
+    if parse_strength(strength).is_zero:
+        raise UserError("the screening strength must be non-zero, e.g. 0.25r")
+    run = _run_root(run_dir)
+    cands = candidates(read_labels(run), emotions, top, aligned)
+    if not cands:
+        raise UserError(f"labels.json ranks no feature for {', '.join(emotions)}; run `emosae label {run}` first")
+    results = run_sweeps(run, [str(f) for f, _ in cands], ["0", strength], prompts=prompts or SCREEN_PROMPTS,
+                         samples=samples, control="none", lm=lm, out_dir=False, examples=0, **sweep_kw)
+    rows = []
+    for (feature, why), res in zip(cands, results):
+        r = next(r for r in res["rows"] if not parse_strength(r["strength"]).is_zero)
+        rows.append({"feature": feature, "why": why, "label": res.get("label"), "strength": r["strength"],
+                     "delta": r["delta"], "delta_lo": r["delta_lo"], "delta_hi": r["delta_hi"],
+                     "ppl_ratio": r["ppl_ratio"], "kl": r["kl"]})
+    best = pick(rows, sign, max_ppl_ratio)
+    settings = {**results[0]["settings"], "max_ppl_ratio": max_ppl_ratio,
+                "prompt_set": str(prompts) if isinstance(prompts, (str, Path)) else
+                ("shipped " + SCREEN_PROMPTS.name if prompts is None else "given")}
+    return {"emotions": list(emotions), "sign": sign, "strength": strength, "candidates": rows,
+            "pick": best["feature"] if best else None, "settings": settings}
+
+
+def table(doc: dict) -> str:
+    from features.sweep import _fmt
+
+    head = f"{'feature':>8} {'why':<22} {'delta [95% CI]':>22} {'ppl x':>6}"
+    lines = [f"screen {', '.join(doc['emotions'])} ({'+' if doc['sign'] > 0 else '-'}) at {doc['strength']}",
+             head, "-" * len(head)]
+    for r in doc["candidates"]:
+        mark = " <- pick" if r["feature"] == doc["pick"] else ""
+        ci = f"{_fmt(r['delta'])} [{_fmt(r['delta_lo'])}, {_fmt(r['delta_hi'])}]"
+        lines.append(f"{r['feature']:>8} {r['why'][:22]:<22} {ci:>22} {_fmt(r['ppl_ratio'], '.2f'):>6}{mark}")
+    if doc["pick"] is None:
+        lines.append("no candidate moved valence that way under the perplexity bound")
+    return "\n".join(lines)
+
+
+def _run_root(run: str | Path) -> Path:
+    from features.monitor import _run_root as root
+
+    return root(run)
+
+
+def _sign(text: str) -> int:
+    t = str(text).strip().lower()
+    if t in ("+", "+1", "1", "up", "positive"):
+        return 1
+    if t in ("-", "-1", "down", "negative"):
+        return -1
+    raise argparse.ArgumentTypeError(f"--sign must be + or -, not {text!r}")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("screen", help="which labeled features of some emotions move valence when clamped (pick one to sweep)")
+    p.add_argument("run", help="run directory with labels.json")
+    p.add_argument("--emotions", required=True, help="comma-separated emotions whose features are candidates")
+    p.add_argument("--sign", type=_sign, required=True, help="+ (raise valence) or - (lower it)")
+    p.add_argument("--strength", default=DEFAULT_STRENGTH, help=f"one non-zero strength (default {DEFAULT_STRENGTH})")
+    p.add_argument("--top", type=int, default=3, help="labeled features per emotion")
+    p.add_argument("--aligned", type=int, default=1, help="decoder-aligned features per emotion")
+    p.add_argument("--prompts", default=None, help=f"JSONL with a \"prompt\" per line (default: the shipped {SCREEN_PROMPTS.name})")
+    p.add_argument("--samples", type=int, default=4)
+    p.add_argument("--max-ppl-ratio", type=float, default=MAX_PPL_RATIO)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--json", action="store_true", help="print the screen document on stdout; the table goes to stderr")
+    p.set_defaults(func=_cli)
+
+
+def _cli(args: argparse.Namespace) -> int:
+    from sae.cli import print_json
+
+    emotions = [e.strip() for e in args.emotions.split(",") if e.strip()]
+    if not emotions:
+        raise UserError("--emotions is empty; name at least one emotion, e.g. --emotions sad,afraid")
+    if args.top < 0 or args.aligned < 0 or args.top + args.aligned == 0:
+        raise UserError("--top and --aligned must be >= 0 and not both 0")
+    doc = screen(args.run, emotions, args.sign, args.strength, args.top, args.aligned, args.prompts, args.samples,
+                 args.max_ppl_ratio, seed=args.seed, device=args.device)
+    print(table(doc), file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print_json(doc)
+    return 0
