@@ -37,6 +37,7 @@ log = logging.getLogger("emosae")
 
 MODES = ("set", "add", "scale", "ablate")
 SCOPES = ("all", "prompt", "generated")
+CONTROL_KINDS = ("direction", "feature")  # the random control: an isotropic direction, or another SAE feature
 
 
 # --- what a run gives the clamp ------------------------------------------------------------------
@@ -359,14 +360,16 @@ def clamp(model: nn.Module, sae: Any = None, features: Mapping[int | str, Any] |
           mode: str = "set", vectors: Mapping[str, Any] | None = None, scope: str = "all",
           prompt_len: int | None = None, hook: str | None = None, labels: dict | None = None,
           max_act: torch.Tensor | None = None, mean_resid_norm: float | None = None,
-          random_control: int | None = None, skip_outliers: float | None = 10.0, record: bool = False) -> Clamp:
+          random_control: int | None = None, control_kind: str = "direction", skip_outliers: float | None = 10.0,
+          record: bool = False) -> Clamp:
     """Build a clamp; use it as `with clamp(...):` around `model(...)` or `model.generate(...)`.
 
     sae: a RunAssets (`load_run`), an emosae SAE or a SAELens SAE, or a run directory path.
     features: {index or label: spec}, spec = 8.0 | "4x" | "0.05r" | "add=0.05r" | "scale=2" | "ablate".
     vectors: {emotion: "0.05r" | 8.0 | ("add", ...)}, or {name: (tensor, strength)} for any direction.
     random_control: a seed; every edit then writes along a random direction of the same norm (the
-    matched control). skip_outliers: leave positions whose norm exceeds this x mean_resid_norm (the
+    matched control); control_kind "direction" draws it isotropically, "feature" takes a random other
+    decoder row of the SAE (on the dictionary's manifold: "any feature at this strength"). skip_outliers: leave positions whose norm exceeds this x mean_resid_norm (the
     attention sink) unedited; None edits every position."""
     if scope not in SCOPES:
         raise UserError(f"unknown scope {scope!r}; use one of {', '.join(SCOPES)}")
@@ -425,8 +428,16 @@ def clamp(model: nn.Module, sae: Any = None, features: Mapping[int | str, Any] |
         value = strength.resolve(None, mean_resid_norm, what=f"strength of vector {key!r}")
         edits.append(Edit(f"vector:{key}", "add", strength, value, direction))
     if random_control is not None:
+        if control_kind not in CONTROL_KINDS:
+            raise UserError(f"unknown control kind {control_kind!r}; use one of {', '.join(CONTROL_KINDS)}")
+        if control_kind == "feature" and sae_obj is None:
+            raise UserError("a random-feature control needs an SAE; pass a run directory or an SAE")
         g = torch.Generator().manual_seed(int(random_control))
-        edits = [replace(e, direction=_random_like(e.direction, g)) for e in edits]
+        if control_kind == "direction":
+            edits = [replace(e, direction=_random_like(e.direction, g)) for e in edits]
+        else:
+            edits = [replace(e, direction=_random_feature_like(e.direction, sae_obj.W_dec.detach(),
+                                                               {x.feature for x in edits}, g)) for e in edits]
     outlier = None if skip_outliers is None or mean_resid_norm is None else skip_outliers * float(mean_resid_norm)
     return Clamp(model, sae_obj, edits, hp, scope=scope, prompt_len=prompt_len, outlier_norm=outlier, record=record)
 
@@ -434,3 +445,15 @@ def clamp(model: nn.Module, sae: Any = None, features: Mapping[int | str, Any] |
 def _random_like(direction: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     r = torch.randn(direction.shape, generator=g)
     return r * (direction.norm() / r.norm())
+
+
+def _random_feature_like(direction: torch.Tensor, w_dec: torch.Tensor, taken: set, g: torch.Generator) -> torch.Tensor:
+    """A random decoder row other than the clamped features', rescaled to `direction`'s norm."""
+    if len(taken - {None}) >= int(w_dec.shape[0]):
+        raise UserError("a random-feature control needs a feature that is not clamped; clamp fewer features")
+    while True:
+        j = int(torch.randint(int(w_dec.shape[0]), (1,), generator=g))
+        if j not in taken:
+            break
+    r = w_dec[j].float().cpu()
+    return r * (direction.norm() / r.norm().clamp_min(1e-12))

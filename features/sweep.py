@@ -120,12 +120,13 @@ def run_sweep(run_dir: str | Path, target: Any = "happy", strengths: Sequence | 
 def run_sweeps(run_dir: str | Path, targets: Sequence[Any], strengths: Sequence | str = DEFAULT_STRENGTHS,
                prompts: Sequence[str] | str | Path | None = None, samples: int = 8, seed: int = 0,
                mode: str = "set", scope: str = "all", max_new_tokens: int = 40, temperature: float = 0.7,
-               top_p: float = 0.95, control: str = "all", control_seed: int = 1234, lm=None,
+               top_p: float = 0.95, control: str = "all", control_seed: int = 1234, control_kind: str = "direction", lm=None,
                model: str | None = None, device: str | None = None, out_dir: str | Path | None = None,
                batch_size: int = 128, chat: bool | None = None, examples: int = 3) -> list[dict]:
     """Sweep each target over `strengths` (e.g. "-0.1r,0,0.1r") on prompts x samples, one shared
     baseline. control: "all" (a random-direction run at every non-zero strength), "max" (at the
-    largest |strength| of each sign) or "none". Writes CSV/PNG/JSON per target under `out_dir`
+    largest |strength| of each sign) or "none"; control_kind "direction" (isotropic) or "feature"
+    (a random other SAE feature's decoder row, same norm). Writes CSV/PNG/JSON per target under `out_dir`
     (default RUN/sweeps/) and returns one dict per target with "rows" (one per strength)."""
     from features.clamp import clamp, load_run
     from features.clamp_cli import load_prompt_file
@@ -153,6 +154,9 @@ def run_sweeps(run_dir: str | Path, targets: Sequence[Any], strengths: Sequence 
     for t in targets:
         for s in strength_list:
             clamp(lm.model, assets, scope=scope, **t.clamp_kwargs(s))
+            if control != "none":
+                clamp(lm.model, assets, scope=scope, random_control=control_seed, control_kind=control_kind,
+                      **t.clamp_kwargs(s))
 
     texts, templated = format_prompts(lm.tokenizer, prompt_texts, chat)
     ids = tokenize_prompts(lm.tokenizer, texts, templated)
@@ -171,6 +175,7 @@ def run_sweeps(run_dir: str | Path, targets: Sequence[Any], strengths: Sequence 
     settings = {"prompts": len(prompt_texts), "samples": samples, "seed": seed, "scope": scope,
                 "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
                 "chat_template": templated, "control": control, "control_seed": control_seed,
+                "control_kind": control_kind,
                 "model": lm.model_id, "ci": CI_METHOD}
     results = []
     for t in targets:
@@ -199,7 +204,7 @@ def run_sweeps(run_dir: str | Path, targets: Sequence[Any], strengths: Sequence 
                 row["monitor"] = _nanmean(m)
                 row["monitor_delta"] = _nanmean(np.subtract(m, mon_base))
             if s in control_at:
-                ctl_kw = dict(steer_kw, random_control=control_seed)
+                ctl_kw = dict(steer_kw, random_control=control_seed, control_kind=control_kind)
                 cb = generate(lm.model, lm.tokenizer, row_ids, seeds, progress=f"control {s}",
                               context=lambda kw=ctl_kw: clamp(lm.model, assets, **kw), **gen_kw)
                 cs = score(lm.model, lm.tokenizer, cb, batch_size=batch_size // 2 or 1,
@@ -392,6 +397,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--control", default="all", choices=["all", "max", "none"],
                    help="random-direction control at every non-zero strength, at the extremes, or not at all")
     p.add_argument("--control-seed", type=int, default=1234)
+    p.add_argument("--control-kind", default="direction", choices=["direction", "feature"],
+                   help="the control's direction: isotropic random, or a random other SAE feature (same norm)")
     p.add_argument("--batch-size", type=int, default=128, help="rows per generate() call")
     p.add_argument("--out", default=None, help="output directory (default RUN/sweeps)")
     p.add_argument("--model", default=None, help="model spec (default: the SAE's model)")
@@ -411,7 +418,7 @@ def cli(args: argparse.Namespace) -> int:
     results = run_sweeps(args.run, args.target, args.strengths, prompts=args.prompts, samples=args.samples,
                          seed=args.seed, mode=args.mode, scope=args.scope, max_new_tokens=args.max_new_tokens,
                          temperature=args.temperature, top_p=args.top_p, control=args.control,
-                         control_seed=args.control_seed, model=args.model, device=args.device, out_dir=args.out,
+                         control_seed=args.control_seed, control_kind=args.control_kind, model=args.model, device=args.device, out_dir=args.out,
                          batch_size=args.batch_size)
     text = table(results)
     if args.json:

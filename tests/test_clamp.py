@@ -118,6 +118,28 @@ def test_set_mode_writes_value_minus_current_times_decoder_row(lm, assets):
     assert not torch.equal(seen["x"], raw)
 
 
+def test_random_controls_keep_each_edits_norm(lm, assets):
+    """The matched control: every edit's direction swapped for an isotropic one, or for another
+    SAE feature's decoder row, at the same norm; seeded, so a sweep's controls repeat."""
+    w = assets.sae.W_dec.detach().float()
+    real = clamp(lm.model, assets, {7: 5.0, 3: "add=0.1r"}, vectors={"calm": "0.1r"})
+    iso = clamp(lm.model, assets, {7: 5.0, 3: "add=0.1r"}, vectors={"calm": "0.1r"}, random_control=5)
+    feat = clamp(lm.model, assets, {7: 5.0, 3: "add=0.1r"}, vectors={"calm": "0.1r"}, random_control=5,
+                 control_kind="feature")
+    again = clamp(lm.model, assets, {7: 5.0, 3: "add=0.1r"}, vectors={"calm": "0.1r"}, random_control=5,
+                  control_kind="feature")
+    for r, i, f, a in zip(real.edits, iso.edits, feat.edits, again.edits):
+        assert i.value == r.value and f.value == r.value
+        assert float(i.direction.norm()) == pytest.approx(float(r.direction.norm()), rel=1e-5)
+        assert float(f.direction.norm()) == pytest.approx(float(r.direction.norm()), rel=1e-5)
+        assert torch.equal(f.direction, a.direction) and not torch.allclose(f.direction, r.direction)
+        cos = torch.nn.functional.cosine_similarity(w, f.direction[None], dim=1)
+        j = int(cos.argmax())
+        assert float(cos[j]) == pytest.approx(1.0, abs=1e-5) and j not in (3, 7)  # another feature's row
+    with pytest.raises(UserError, match="unknown control kind 'gaussian'"):
+        clamp(lm.model, assets, {7: 5.0}, random_control=1, control_kind="gaussian")
+
+
 def test_resolution_labels_units_and_vectors(lm, assets):
     c = clamp(lm.model, assets, {"happy": "2x", "happy#2": "add=0.05r", "sad": "ablate"}, vectors={"calm": "0.1r"})
     d = {e["target"]: e for e in c.describe()["edits"]}
