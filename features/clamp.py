@@ -369,7 +369,8 @@ def clamp(model: nn.Module, sae: Any = None, features: Mapping[int | str, Any] |
     vectors: {emotion: "0.05r" | 8.0 | ("add", ...)}, or {name: (tensor, strength)} for any direction.
     random_control: a seed; every edit then writes along a random direction of the same norm (the
     matched control); control_kind "direction" draws it isotropically, "feature" takes a random other
-    decoder row of the SAE (on the dictionary's manifold: "any feature at this strength"). skip_outliers: leave positions whose norm exceeds this x mean_resid_norm (the
+    decoder row of the SAE (on the dictionary's manifold: "any feature at this strength").
+    skip_outliers: leave positions whose norm exceeds this x mean_resid_norm (the
     attention sink) unedited; None edits every position."""
     if scope not in SCOPES:
         raise UserError(f"unknown scope {scope!r}; use one of {', '.join(SCOPES)}")

@@ -27,7 +27,7 @@ DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo-cpu.yaml"
 CLAMP_TARGETS = (("happy", "blissful"), ("sad", "afraid"))
 CLAMP_SIGNS = (1, -1)
 CLAMP_STRENGTH = "0.25r"  # the same edit norm for every feature: a quarter of the mean residual norm
-SCREEN = {"top": 3, "aligned": 2, "samples": 2}  # candidates per emotion, on the shipped screening prompts
+SCREEN_SAMPLES = 2  # per screening prompt: enough to rank candidates, kept small for the demo's time
 
 
 def clamp_targets(labels: dict) -> list[str]:
@@ -56,7 +56,7 @@ def screened_targets(run: Path, labels: dict, lm) -> tuple[list[str], list[str],
         emos = [e for e in group if e in chosen]
         if not emos:
             continue
-        doc = screen(run, emos, sign, CLAMP_STRENGTH, SCREEN["top"], SCREEN["aligned"], samples=SCREEN["samples"], lm=lm)
+        doc = screen(run, emos, sign, CLAMP_STRENGTH, samples=SCREEN_SAMPLES, lm=lm)
         docs.append(doc)
         if doc["pick"] is not None:
             why = next(c["why"] for c in doc["candidates"] if c["feature"] == doc["pick"])

@@ -25,7 +25,7 @@ DEFAULT_STRENGTH = "0.25r"
 MAX_PPL_RATIO = 3.0
 
 
-def candidates(labels: dict, emotions: Sequence[str], top: int = 3, aligned: int = 1) -> list[tuple[int, str]]:
+def candidates(labels: dict, emotions: Sequence[str], top: int = 3, aligned: int = 2) -> list[tuple[int, str]]:
     """[(feature, why)] in order: each emotion's `top` labeled features, then its `aligned`
     best decoder-aligned ones; a feature named twice is screened once."""
     ranked, near = labels.get("emotions") or {}, labels.get("aligned") or {}
@@ -52,10 +52,11 @@ def pick(rows: list[dict], sign: int, max_ppl_ratio: float = MAX_PPL_RATIO) -> d
 
 
 def screen(run_dir: str | Path, emotions: Sequence[str], sign: int, strength: str = DEFAULT_STRENGTH,
-           top: int = 3, aligned: int = 1, prompts: str | Path | Sequence[str] | None = None, samples: int = 4,
+           top: int = 3, aligned: int = 2, prompts: str | Path | Sequence[str] | None = None, samples: int = 4,
            max_ppl_ratio: float = MAX_PPL_RATIO, lm=None, **sweep_kw) -> dict:
     """Screen the candidates of `emotions` at `strength` (set mode); {"emotions", "sign", "strength",
     "candidates": [{feature, why, delta, ppl_ratio, ...}], "pick": feature | None, "settings"}."""
+    from features.monitor import _run_root as run_root
     from features.sweep import run_sweeps
     from features.units import parse_strength
     from labeling.label import read_labels
@@ -64,7 +65,7 @@ def screen(run_dir: str | Path, emotions: Sequence[str], sign: int, strength: st
         raise UserError(f"sign must be + or -, not {sign!r}")
     if parse_strength(strength).is_zero:
         raise UserError("the screening strength must be non-zero, e.g. 0.25r")
-    run = _run_root(run_dir)
+    run = run_root(run_dir)
     cands = candidates(read_labels(run), emotions, top, aligned)
     if not cands:
         raise UserError(f"labels.json ranks no feature for {', '.join(emotions)}; run `emosae label {run}` first")
@@ -99,12 +100,6 @@ def table(doc: dict) -> str:
     return "\n".join(lines)
 
 
-def _run_root(run: str | Path) -> Path:
-    from features.monitor import _run_root as root
-
-    return root(run)
-
-
 def _sign(text: str) -> int:
     t = str(text).strip().lower()
     if t in ("+", "+1", "1", "up", "positive"):
@@ -121,7 +116,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sign", type=_sign, required=True, help="+ (raise valence) or - (lower it)")
     p.add_argument("--strength", default=DEFAULT_STRENGTH, help=f"one non-zero strength (default {DEFAULT_STRENGTH})")
     p.add_argument("--top", type=int, default=3, help="labeled features per emotion")
-    p.add_argument("--aligned", type=int, default=1, help="decoder-aligned features per emotion")
+    p.add_argument("--aligned", type=int, default=2, help="decoder-aligned features per emotion")
     p.add_argument("--prompts", default=None, help=f"JSONL with a \"prompt\" per line (default: the shipped {SCREEN_PROMPTS.name})")
     p.add_argument("--samples", type=int, default=4)
     p.add_argument("--max-ppl-ratio", type=float, default=MAX_PPL_RATIO)

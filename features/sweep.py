@@ -382,6 +382,8 @@ def table(results: list[dict]) -> str:
 
 # --- CLI -------------------------------------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from features.clamp import CONTROL_KINDS
+
     p.add_argument("run", help="run directory (or any SAELens SAE directory)")
     p.add_argument("--target", action="append", required=True,
                    help="feature label|index (optionally LABEL:add), or vector:EMOTION; repeatable (one shared baseline)")
@@ -397,7 +399,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--control", default="all", choices=["all", "max", "none"],
                    help="random-direction control at every non-zero strength, at the extremes, or not at all")
     p.add_argument("--control-seed", type=int, default=1234)
-    p.add_argument("--control-kind", default="direction", choices=["direction", "feature"],
+    p.add_argument("--control-kind", default="direction", choices=list(CONTROL_KINDS),
                    help="the control's direction: isotropic random, or a random other SAE feature (same norm)")
     p.add_argument("--batch-size", type=int, default=128, help="rows per generate() call")
     p.add_argument("--out", default=None, help="output directory (default RUN/sweeps)")

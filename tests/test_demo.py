@@ -48,7 +48,7 @@ def test_screened_targets_take_the_screen_pick_else_the_best_detector(monkeypatc
 
     calls = []
 
-    def fake_screen(run, emotions, sign, strength, top, aligned, samples, lm):
+    def fake_screen(run, emotions, sign, strength, **kw):
         calls.append((tuple(emotions), sign, strength))
         if sign > 0:  # the positive group steers with an aligned feature; nothing steers negative
             return {"pick": 40, "candidates": [{"feature": 1, "why": "blissful label #1"},
