@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from playwright.sync_api import expect
 from safetensors.numpy import load_file
 
 from features.browser import export_site, serve
@@ -134,7 +135,9 @@ def test_list_filter_and_feature_page(browser, run_dir, tmp_path, mode):
         nb = pg.locator("#neighbors a").first
         target = nb.text_content().lstrip("#")
         nb.click()
-        pg.wait_for_function(f"document.title === 'emosae · feature {target}'")
+        # waits through Playwright's expect, not wait_for_function: a string predicate polled in the page
+        # is an eval, which the page's CSP (script-src 'self') rightly refuses
+        expect(pg).to_have_title(f"emosae · feature {target}")
         pg.wait_for_selector("#feature-title")
 
         # emotions and run pages
@@ -149,8 +152,9 @@ def test_list_filter_and_feature_page(browser, run_dir, tmp_path, mode):
         pg.wait_for_selector("#config")
         assert "d_sae: 200" in pg.text_content("#config")
         # the image loads asynchronously: wait for it (a broken image never gets a width)
-        pg.wait_for_function("() => { const e = document.querySelector(\"img[src='assets/curves.png']\");"
-                             " return e && e.complete && e.naturalWidth > 0; }", timeout=15000)
+        img = pg.locator("img[src='assets/curves.png']")
+        expect(img).to_have_js_property("complete", True, timeout=15000)
+        assert img.evaluate("e => e.naturalWidth") > 0
         w.clean()
     finally:
         w.close()
