@@ -6,8 +6,12 @@ lowers it. So before a steering experiment, screen: the top labeled and the best
 features of some emotions, each clamped at one strength on a screening prompt set (shipped,
 disjoint from the sweep's evaluation prompts), scored by VADER shift and perplexity against one
 shared baseline. The pick is the candidate with the largest shift in the wanted direction whose
-perplexity stays under `max_ppl_ratio`. Report its effect on the *evaluation* prompts, never the
-screening ones: the pick was chosen on them, so their numbers are biased upward."""
+perplexity stays under `max_ppl_ratio`. With `pairs=N`, the N best single candidates are also
+screened two at a time, at the same nominal edit norm (each feature's strength scaled so the sum of
+the two edits has the single's norm): related features pushing the same way add their effects,
+while the norm, which is what a random direction's damage grows with, stays fixed. Report the
+pick's effect on the *evaluation* prompts, never the screening ones: the pick was chosen on them,
+so their numbers are biased upward."""
 
 from __future__ import annotations
 
@@ -43,19 +47,39 @@ def candidates(labels: dict, emotions: Sequence[str], top: int = 3, aligned: int
     return list(out.items())
 
 
+def ranked(rows: list[dict], sign: int, max_ppl_ratio: float = MAX_PPL_RATIO) -> list[dict]:
+    """Rows that moved valence the wanted way under the perplexity bound, furthest first."""
+    ok = [r for r in rows if r.get("delta") is not None and (r.get("ppl_ratio") or float("inf")) < max_ppl_ratio
+          and sign * r["delta"] > 0]
+    return sorted(ok, key=lambda r: -sign * r["delta"])
+
+
+def pair_strength(strength: str, w_dec, a: int, b: int) -> str:
+    """Per-feature strength for clamping features a and b together so that the summed nominal edit
+    (both features silent: s * (unit row a + unit row b)) has the norm of one edit at `strength`."""
+    from features.units import Strength, parse_strength
+
+    s = parse_strength(strength)
+    if s.unit != "r":
+        raise UserError(f"pairs are screened at a residual-norm strength like 0.2r, not {strength}")
+    ua, ub = (w_dec[i].float() / w_dec[i].float().norm() for i in (a, b))
+    return str(Strength(float(f"{s.value / float((ua + ub).norm()):.4g}"), "r"))
+
+
 def pick(rows: list[dict], sign: int, max_ppl_ratio: float = MAX_PPL_RATIO) -> dict | None:
     """The screened row with the largest shift in direction `sign` among those under the
     perplexity bound; None when no candidate moves valence that way at all."""
-    ok = [r for r in rows if r.get("delta") is not None and (r.get("ppl_ratio") or float("inf")) < max_ppl_ratio
-          and sign * r["delta"] > 0]
-    return max(ok, key=lambda r: sign * r["delta"]) if ok else None
+    ok = ranked(rows, sign, max_ppl_ratio)
+    return ok[0] if ok else None
 
 
 def screen(run_dir: str | Path, emotions: Sequence[str], sign: int, strength: str = DEFAULT_STRENGTH,
            top: int = 3, aligned: int = 2, prompts: str | Path | Sequence[str] | None = None, samples: int = 4,
-           max_ppl_ratio: float = MAX_PPL_RATIO, lm=None, **sweep_kw) -> dict:
-    """Screen the candidates of `emotions` at `strength` (set mode); {"emotions", "sign", "strength",
-    "candidates": [{feature, why, delta, ppl_ratio, ...}], "pick": feature | None, "settings"}."""
+           max_ppl_ratio: float = MAX_PPL_RATIO, pairs: int = 0, lm=None, **sweep_kw) -> dict:
+    """Screen the candidates of `emotions` at `strength` (set mode), then pairs of the `pairs` best;
+    {"emotions", "sign", "strength", "candidates": [{feature (int, or [a, b] for a pair), why,
+    emotion, strength, delta, ppl_ratio, ...}], "pick": feature | [a, b] | None, "pick_strength",
+    "settings"}."""
     from features.monitor import _run_root as run_root
     from features.sweep import run_sweeps
     from features.units import parse_strength
@@ -69,32 +93,56 @@ def screen(run_dir: str | Path, emotions: Sequence[str], sign: int, strength: st
     cands = candidates(read_labels(run), emotions, top, aligned)
     if not cands:
         raise UserError(f"labels.json ranks no feature for {', '.join(emotions)}; run `emosae label {run}` first")
-    results = run_sweeps(run, [str(f) for f, _ in cands], ["0", strength], prompts=prompts or SCREEN_PROMPTS,
-                         samples=samples, control="none", lm=lm, out_dir=False, examples=0, **sweep_kw)
-    rows = []
-    for (feature, why), res in zip(cands, results):
-        r = next(r for r in res["rows"] if not parse_strength(r["strength"]).is_zero)
-        rows.append({"feature": feature, "why": why, "label": res.get("label"), "strength": r["strength"],
-                     "delta": r["delta"], "delta_lo": r["delta_lo"], "delta_hi": r["delta_hi"],
-                     "ppl_ratio": r["ppl_ratio"], "kl": r["kl"]})
+    if pairs == 1 or pairs < 0:
+        raise UserError(f"pairs must be 0 (singles only) or >= 2, not {pairs}")
+    kw = dict(prompts=prompts or SCREEN_PROMPTS, samples=samples, control="none", out_dir=False, examples=0, **sweep_kw)
+    results = run_sweeps(run, [str(f) for f, _ in cands], ["0", strength], lm=lm, **kw)
+    rows = [_row(feature, why, why.split()[0], res) for (feature, why), res in zip(cands, results)]
+    if pairs:
+        from itertools import combinations
+
+        from features.clamp import load_run
+
+        w_dec = load_run(run).sae.W_dec.detach()
+        for a, b in combinations(ranked(rows, sign, max_ppl_ratio)[:pairs], 2):
+            s_ab = pair_strength(strength, w_dec, a["feature"], b["feature"])
+            (res,) = run_sweeps(run, [f"{a['feature']}+{b['feature']}"], ["0", s_ab], lm=lm, **kw)
+            rows.append(_row([a["feature"], b["feature"]], f"pair {a['why']} + {b['why']}", a["emotion"], res))
     best = pick(rows, sign, max_ppl_ratio)
     settings = {**results[0]["settings"], "max_ppl_ratio": max_ppl_ratio,
                 "prompt_set": str(prompts) if isinstance(prompts, (str, Path)) else
                 ("shipped " + SCREEN_PROMPTS.name if prompts is None else "given")}
+    settings["pairs"] = pairs
     return {"emotions": list(emotions), "sign": sign, "strength": strength, "candidates": rows,
-            "pick": best["feature"] if best else None, "settings": settings}
+            "pick": best["feature"] if best else None, "pick_strength": best["strength"] if best else None,
+            "settings": settings}
+
+
+def _row(feature, why: str, emotion: str, res: dict) -> dict:
+    from features.units import parse_strength
+
+    r = next(r for r in res["rows"] if not parse_strength(r["strength"]).is_zero)
+    return {"feature": feature, "why": why, "emotion": emotion, "label": res.get("label"), "strength": r["strength"],
+            "delta": r["delta"], "delta_lo": r["delta_lo"], "delta_hi": r["delta_hi"],
+            "ppl_ratio": r["ppl_ratio"], "kl": r["kl"]}
+
+
+def target_name(feature) -> str:
+    """The sweep target for a screened feature or pair: "2905" or "2905+1167"."""
+    return "+".join(str(f) for f in feature) if isinstance(feature, list) else str(feature)
 
 
 def table(doc: dict) -> str:
     from features.sweep import _fmt
 
-    head = f"{'feature':>8} {'why':<22} {'delta [95% CI]':>22} {'ppl x':>6}"
+    head = f"{'feature':>10} {'strength':>8} {'why':<40} {'delta [95% CI]':>22} {'ppl x':>6}"
     lines = [f"screen {', '.join(doc['emotions'])} ({'+' if doc['sign'] > 0 else '-'}) at {doc['strength']}",
              head, "-" * len(head)]
     for r in doc["candidates"]:
         mark = " <- pick" if r["feature"] == doc["pick"] else ""
         ci = f"{_fmt(r['delta'])} [{_fmt(r['delta_lo'])}, {_fmt(r['delta_hi'])}]"
-        lines.append(f"{r['feature']:>8} {r['why'][:22]:<22} {ci:>22} {_fmt(r['ppl_ratio'], '.2f'):>6}{mark}")
+        lines.append(f"{target_name(r['feature']):>10} {r['strength']:>8} {r['why'][:40]:<40} {ci:>22} "
+                     f"{_fmt(r['ppl_ratio'], '.2f'):>6}{mark}")
     if doc["pick"] is None:
         lines.append("no candidate moved valence that way under the perplexity bound")
     return "\n".join(lines)
@@ -120,6 +168,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompts", default=None, help=f"JSONL with a \"prompt\" per line (default: the shipped {SCREEN_PROMPTS.name})")
     p.add_argument("--samples", type=int, default=4)
     p.add_argument("--max-ppl-ratio", type=float, default=MAX_PPL_RATIO)
+    p.add_argument("--pairs", type=int, default=0,
+                   help="also screen pairs of the N best singles, at the same total edit norm (0 = singles only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--json", action="store_true", help="print the screen document on stdout; the table goes to stderr")
@@ -135,7 +185,7 @@ def _cli(args: argparse.Namespace) -> int:
     if args.top < 0 or args.aligned < 0 or args.top + args.aligned == 0:
         raise UserError("--top and --aligned must be >= 0 and not both 0")
     doc = screen(args.run, emotions, args.sign, args.strength, args.top, args.aligned, args.prompts, args.samples,
-                 args.max_ppl_ratio, seed=args.seed, device=args.device)
+                 args.max_ppl_ratio, args.pairs, seed=args.seed, device=args.device)
     print(table(doc), file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print_json(doc)

@@ -4,8 +4,10 @@ Per strength: the valence of the continuation by VADER (compound, -1..1), the sh
 unsteered baseline, the monitor's score for the target emotion (when features/monitor.py is
 there), coherence (mean KL of the steered next-token distribution from the unsteered one along the
 continuation; perplexity of the continuation under the unsteered model, and its ratio to the
-baseline's), and a matched control: the same edit written along a random direction of the same
-norm. Baseline, steered and control runs share per-row seeds, so differences are paired.
+baseline's), and a matched control: the same edit written along random directions of the same
+norm, a different one for each of K row groups, so the control is an average over directions, not
+one lucky or unlucky draw. Baseline, steered and control runs share per-row seeds, so differences
+are paired.
 
 Confidence intervals are 95% t-intervals over prompts (per-prompt means of the samples, or of
 paired differences): prompts, not samples, are the independent unit."""
@@ -42,11 +44,12 @@ CSV_FIELDS = ("target", "kind", "strength", "value", "residual_norm", "n", "vade
 
 @dataclass
 class Target:
-    """What a sweep turns: a feature (index or label) in some mode, or an emotion vector."""
+    """What a sweep turns: one or several features (index or label, joined by "+", each clamped
+    at the strength) in some mode, or an emotion vector."""
 
-    name: str  # as given: "happy", "812", "vector:happy"
+    name: str  # as given: "happy", "812", "2905+1167", "vector:happy"
     kind: str  # "feature" | "vector"
-    key: str  # the feature key or emotion name
+    key: str  # the feature key(s) or emotion name
     mode: str = "set"
 
     @classmethod
@@ -55,14 +58,20 @@ class Target:
         if text.lower().startswith("vector:"):
             return cls(text, "vector", text.split(":", 1)[1].strip(), "add")
         m = re.fullmatch(r"(.+?):(set|add|scale)", text)
-        if m:
-            return cls(text, "feature", m.group(1), m.group(2))
-        return cls(text, "feature", text, mode)
+        key, mode = (m.group(1), m.group(2)) if m else (text, mode)
+        keys = [k.strip() for k in key.split("+")]
+        if not all(keys) or len(set(keys)) != len(keys):
+            raise UserError(f"target {text!r}: join distinct features with '+', e.g. 2905+1167 or sad+afraid")
+        return cls(text, "feature", key, mode)
+
+    @property
+    def keys(self) -> list[str]:
+        return [self.key] if self.kind == "vector" else [k.strip() for k in self.key.split("+")]
 
     def clamp_kwargs(self, strength: Strength) -> dict:
         if self.kind == "vector":
             return {"vectors": {self.key: str(strength)}}
-        return {"features": {self.key: f"{self.mode}={strength}"}}
+        return {"features": {k: f"{self.mode}={strength}" for k in self.keys}}
 
 
 # --- statistics ------------------------------------------------------------------------------------
@@ -120,13 +129,17 @@ def run_sweep(run_dir: str | Path, target: Any = "happy", strengths: Sequence | 
 def run_sweeps(run_dir: str | Path, targets: Sequence[Any], strengths: Sequence | str = DEFAULT_STRENGTHS,
                prompts: Sequence[str] | str | Path | None = None, samples: int = 8, seed: int = 0,
                mode: str = "set", scope: str = "all", max_new_tokens: int = 40, temperature: float = 0.7,
-               top_p: float = 0.95, control: str = "all", control_seed: int = 1234, control_kind: str = "direction", lm=None,
+               top_p: float = 0.95, control: str = "all", control_seed: int = 1234, control_kind: str = "direction",
+               control_directions: int = 8, lm=None,
                model: str | None = None, device: str | None = None, out_dir: str | Path | None = None,
                batch_size: int = 128, chat: bool | None = None, examples: int = 3) -> list[dict]:
     """Sweep each target over `strengths` (e.g. "-0.1r,0,0.1r") on prompts x samples, one shared
     baseline. control: "all" (a random-direction run at every non-zero strength), "max" (at the
     largest |strength| of each sign) or "none"; control_kind "direction" (isotropic) or "feature"
-    (a random other SAE feature's decoder row, same norm). Writes CSV/PNG/JSON per target under `out_dir`
+    (a random other SAE feature's decoder row, same norm); control_directions K: row r's control
+    draws its direction with seed control_seed + (r mod K), so the control is an average over K
+    random directions, not one draw (single directions differ a lot: at 0.25r on the demo SAE four
+    seeds gave VADER shifts from -0.06 to -0.32). Writes CSV/PNG/JSON per target under `out_dir`
     (default RUN/sweeps/) and returns one dict per target with "rows" (one per strength)."""
     from features.clamp import clamp, load_run
     from features.clamp_cli import load_prompt_file
@@ -136,6 +149,8 @@ def run_sweeps(run_dir: str | Path, targets: Sequence[Any], strengths: Sequence 
 
     if samples < 1 or max_new_tokens < 1:
         raise UserError("samples and max_new_tokens must be >= 1")
+    if control_directions < 1:
+        raise UserError(f"control_directions must be >= 1, not {control_directions}")
     if control not in ("all", "max", "none"):
         raise UserError(f"control must be all, max or none, not {control!r}")
     torch.set_flush_denormal(True)
@@ -175,20 +190,22 @@ def run_sweeps(run_dir: str | Path, targets: Sequence[Any], strengths: Sequence 
     settings = {"prompts": len(prompt_texts), "samples": samples, "seed": seed, "scope": scope,
                 "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
                 "chat_template": templated, "control": control, "control_seed": control_seed,
-                "control_kind": control_kind,
+                "control_kind": control_kind, "control_directions": control_directions,
                 "model": lm.model_id, "ci": CI_METHOD}
     results = []
     for t in targets:
-        emotion = t.key.split("#")[0].lower() if not t.key.strip().lstrip("-").isdigit() else None
+        label_key = next((k for k in t.keys if not k.lstrip("-").isdigit()), None)
+        emotion = label_key.split("#")[0].lower() if label_key else None
         mon = monitor_scorer(assets, lm, emotion)
         mon_base = mon(base.texts) if mon else None
         control_at = _control_strengths(strength_list, control)
         out_rows, ex = [], {}
         for s in strength_list:
             steer_kw = dict(scope=scope, **t.clamp_kwargs(s))
-            edit = clamp(lm.model, assets, **steer_kw).edits[0]
+            edits = clamp(lm.model, assets, **steer_kw).edits
+            edit = edits[0]
             row = {"target": t.name, "kind": t.kind, "strength": str(s), "value": edit.value,
-                   "residual_norm": edit.describe().get("residual_norm"), "n": len(rows)}
+                   "residual_norm": _nominal_norm(edits), "n": len(rows)}
             if s.is_zero:
                 batch, vader, scores = base, base_vader, {**base_scores, "kl": [0.0] * len(rows)}
             else:
@@ -204,11 +221,8 @@ def run_sweeps(run_dir: str | Path, targets: Sequence[Any], strengths: Sequence 
                 row["monitor"] = _nanmean(m)
                 row["monitor_delta"] = _nanmean(np.subtract(m, mon_base))
             if s in control_at:
-                ctl_kw = dict(steer_kw, random_control=control_seed, control_kind=control_kind)
-                cb = generate(lm.model, lm.tokenizer, row_ids, seeds, progress=f"control {s}",
-                              context=lambda kw=ctl_kw: clamp(lm.model, assets, **kw), **gen_kw)
-                cs = score(lm.model, lm.tokenizer, cb, batch_size=batch_size // 2 or 1,
-                           steer=lambda p, kw=ctl_kw: clamp(lm.model, assets, prompt_len=p, **kw))
+                cb, cs = _control_run(lm, assets, steer_kw, row_ids, seeds, control_seed, control_kind,
+                                      control_directions, gen_kw, progress=f"control {s}")
                 cv = _valence(vader_scores(cb.texts), base_vader, groups)
                 cc = _coherence(cs, groups, base_ppl)
                 row.update(control_delta=cv["delta"], control_delta_lo=cv["delta_lo"],
@@ -218,7 +232,8 @@ def run_sweeps(run_dir: str | Path, targets: Sequence[Any], strengths: Sequence 
             out_rows.append(row)
             log.info("%s", _row_line(row))
         result = {"target": t.name, "kind": t.kind, "mode": t.mode if t.kind == "feature" else "add",
-                  "feature": edit.feature, "label": edit.label, "hook": clamp(lm.model, assets).hook.name,
+                  "feature": edit.feature if len(edits) == 1 else [e.feature for e in edits],
+                  "label": edit.label if len(edits) == 1 else [e.label for e in edits], "hook": clamp(lm.model, assets).hook.name,
                   "run": str(assets.path), "settings": settings,
                   "baseline": {"vader": prompt_ci(base_vader, groups)[0], "ppl": base_ppl},
                   "monitor": getattr(mon, "source", None), "rows": out_rows, "examples": ex}
@@ -240,6 +255,40 @@ def _prompts(prompts) -> list[str]:
     if not prompts:
         raise UserError("the prompt set is empty")
     return prompts
+
+
+def _nominal_norm(edits) -> float | None:
+    """Norm of the summed edit where every clamped feature is silent (set/add): for one edit its
+    residual_norm, for several the norm of the sum (their directions need not be orthogonal)."""
+    if any(e.mode not in ("set", "add") for e in edits):
+        return None
+    return float(torch.stack([e.value * e.direction.float() for e in edits]).sum(0).norm())
+
+
+def _control_run(lm, assets, steer_kw: dict, row_ids: list, seeds: list, control_seed: int, control_kind: str,
+                 k: int, gen_kw: dict, progress: str):
+    """The matched control's continuations and scores, rows in order: row r written along the
+    random direction(s) of seed control_seed + (r mod k), generated and scored in k groups."""
+    from features.clamp import clamp
+    from features.generation import Batch, generate, score
+
+    n = len(row_ids)
+    conts: list = [None] * n
+    texts: list = [None] * n
+    sc: dict[str, list] = {"nll": [None] * n, "n_tokens": [None] * n, "kl": [None] * n}
+    for g in range(min(k, n)):
+        idx = list(range(g, n, k))
+        kw = dict(steer_kw, random_control=control_seed + g, control_kind=control_kind)
+        b = generate(lm.model, lm.tokenizer, [row_ids[i] for i in idx], [seeds[i] for i in idx],
+                     progress=f"{progress} ({g + 1}/{min(k, n)})", context=lambda kw=kw: clamp(lm.model, assets, **kw),
+                     **gen_kw)
+        s = score(lm.model, lm.tokenizer, b, batch_size=gen_kw["batch_size"] // 2 or 1,
+                  steer=lambda p, kw=kw: clamp(lm.model, assets, prompt_len=p, **kw))
+        for j, i in enumerate(idx):
+            conts[i], texts[i] = b.continuation_ids[j], b.texts[j]
+            for key in sc:
+                sc[key][i] = s[key][j]
+    return Batch(prompt_ids=[list(r) for r in row_ids], continuation_ids=conts, texts=texts), sc
 
 
 def _nanmean(x) -> float | None:
@@ -386,7 +435,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("run", help="run directory (or any SAELens SAE directory)")
     p.add_argument("--target", action="append", required=True,
-                   help="feature label|index (optionally LABEL:add), or vector:EMOTION; repeatable (one shared baseline)")
+                   help="feature label|index (optionally LABEL:add), several joined by + (2905+1167: each clamped at the "
+                        "strength), or vector:EMOTION; repeatable (one shared baseline)")
     p.add_argument("--strengths", default=DEFAULT_STRENGTHS, help=f"comma-separated, one unit (default {DEFAULT_STRENGTHS})")
     p.add_argument("--mode", default="set", choices=["set", "add", "scale"], help="feature mode (vectors always add)")
     p.add_argument("--scope", default="all", choices=["all", "prompt", "generated"])
@@ -401,6 +451,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--control-seed", type=int, default=1234)
     p.add_argument("--control-kind", default="direction", choices=list(CONTROL_KINDS),
                    help="the control's direction: isotropic random, or a random other SAE feature (same norm)")
+    p.add_argument("--control-directions", type=int, default=8,
+                   help="random directions the control averages over (row r uses seed control-seed + r mod K)")
     p.add_argument("--batch-size", type=int, default=128, help="rows per generate() call")
     p.add_argument("--out", default=None, help="output directory (default RUN/sweeps)")
     p.add_argument("--model", default=None, help="model spec (default: the SAE's model)")
@@ -420,7 +472,8 @@ def cli(args: argparse.Namespace) -> int:
     results = run_sweeps(args.run, args.target, args.strengths, prompts=args.prompts, samples=args.samples,
                          seed=args.seed, mode=args.mode, scope=args.scope, max_new_tokens=args.max_new_tokens,
                          temperature=args.temperature, top_p=args.top_p, control=args.control,
-                         control_seed=args.control_seed, control_kind=args.control_kind, model=args.model, device=args.device, out_dir=args.out,
+                         control_seed=args.control_seed, control_kind=args.control_kind,
+                         control_directions=args.control_directions, model=args.model, device=args.device, out_dir=args.out,
                          batch_size=args.batch_size)
     text = table(results)
     if args.json:

@@ -364,6 +364,40 @@ def test_sweep_rows_files_and_control(lm, run, tmp_path):
         run_sweeps(run, ["happy"], "1x,0.1r", prompts=["a"], samples=1, lm=lm, out_dir=tmp_path)
 
 
+def test_sweep_feature_groups_and_control_directions(lm, run, assets, tmp_path):
+    """A "+" target clamps every named feature; the control's row r uses the direction drawn with
+    seed control_seed + (r mod K), so K rows groups see K different random directions."""
+    from features.generation import generate
+    from features.sweep import Target, _control_run, run_sweeps
+
+    assert Target.parse("happy+7:add").clamp_kwargs(parse_strength("0.1r")) == \
+        {"features": {"happy": "add=0.1r", "7": "add=0.1r"}}
+    for bad in ("3+3", "3+", "+3"):
+        with pytest.raises(UserError, match="join distinct features"):
+            Target.parse(bad)
+    (res,) = run_sweeps(run, ["happy+sad"], "0,0.2r", prompts=["Describe your room."], samples=2, max_new_tokens=5,
+                        lm=lm, out_dir=tmp_path, control="all", control_directions=2)
+    assert res["feature"] == [3, 7] and res["label"] == ["happy", "sad"]
+    assert res["settings"]["control_directions"] == 2
+    strong = res["rows"][1]
+    rows = [assets.sae.W_dec[i].float() * (0.2 * MEAN_NORM / assets.sae.W_dec[i].norm()) for i in (3, 7)]
+    assert strong["residual_norm"] == pytest.approx(float((rows[0] + rows[1]).norm()), rel=1e-4)
+    assert strong["control_kl"] > 0
+
+    ids = _prompt(lm)["input_ids"][0].tolist()
+    kw = dict(features={"happy": "add=0.5r"})
+    gen_kw = dict(max_new_tokens=6, temperature=0.0, top_p=1.0, batch_size=8)
+    batch, scores = _control_run(lm, assets, kw, [ids] * 4, [0, 1, 2, 3], 50, "direction", 2, gen_kw, "t")
+    for r in range(4):  # row r alone, with the direction of seed 50 + r % 2
+        alone = generate(lm.model, lm.tokenizer, [ids], [r], context=lambda r=r: clamp(
+            lm.model, assets, random_control=50 + r % 2, **kw), **gen_kw)
+        assert batch.continuation_ids[r] == alone.continuation_ids[0]
+    assert batch.continuation_ids[0] != batch.continuation_ids[1]  # greedy, so only the direction differs
+    assert len(scores["kl"]) == 4 and all(k > 0 for k in scores["kl"])
+    with pytest.raises(UserError, match="control_directions"):
+        run_sweeps(run, ["happy"], "0,0.1r", prompts=["a"], samples=1, lm=lm, out_dir=tmp_path, control_directions=0)
+
+
 # --- screening candidates for steering -------------------------------------------------------------
 def test_screen_candidates_and_pick_rule():
     from features.screen import candidates, pick
@@ -378,6 +412,47 @@ def test_screen_candidates_and_pick_rule():
             {"feature": 5, "delta": -0.3, "ppl_ratio": 1.8}, {"feature": 9, "delta": 0.4, "ppl_ratio": 1.2}]
     assert pick(rows, -1)["feature"] == 5 and pick(rows, +1)["feature"] == 9
     assert pick(rows[:1], -1) is None and pick(rows[1:2], +1) is None
+
+
+def test_pair_strength_keeps_the_total_edit_norm():
+    from features.screen import pair_strength
+
+    w = torch.zeros(4, 8)
+    w[0, 0], w[1, 1], w[2, 0], w[3, 0] = 2.0, 5.0, 3.0, -1.0
+    assert pair_strength("0.2r", w, 0, 1) == f"{0.2 / 2 ** 0.5:.4g}r"  # orthogonal rows: s / sqrt(2)
+    assert pair_strength("0.2r", w, 0, 2) == "0.1r"  # parallel rows: the two edits add, s / 2 each
+    with pytest.raises(UserError, match="residual-norm strength"):
+        pair_strength("2x", w, 0, 1)
+
+
+def test_screen_pairs_the_best_singles_at_the_same_norm(monkeypatch, run):
+    """pairs=2: the two best singles (wanted direction, under the perplexity bound) are screened
+    together at the per-feature strength that keeps the summed edit's norm; the pair can be the pick."""
+    import features.sweep
+    from features.screen import pair_strength, screen, table
+
+    deltas = {"3": -0.2, "11": -0.3, "7": -0.1, "3+11": None, "11+3": None}
+    calls = []
+
+    def fake_sweeps(run_dir, targets, strengths, **kw):
+        calls.append((list(targets), list(strengths)))
+        out = []
+        for t in targets:
+            d = -0.5 if "+" in t else deltas[t]
+            out.append({"label": None, "settings": {}, "rows": [{"strength": "0"}, {"strength": strengths[1], "delta": d, "delta_lo": d - 0.1,
+                                                                   "delta_hi": d + 0.1, "ppl_ratio": 1.5, "kl": 0.2}]})
+        return out
+
+    monkeypatch.setattr(features.sweep, "run_sweeps", fake_sweeps)
+    doc = screen(run, ["happy", "sad"], -1, "0.2r", top=2, aligned=0, pairs=2, lm=object())
+    s_pair = pair_strength("0.2r", load_run(run).sae.W_dec.detach(), 11, 3)
+    assert calls[1] == (["11+3"], ["0", s_pair])  # the best two singles, best first
+    assert doc["pick"] == [11, 3] and doc["pick_strength"] == s_pair
+    pair_row = doc["candidates"][-1]
+    assert pair_row["emotion"] == "happy" and pair_row["why"] == "pair happy label #2 + happy label #1"
+    assert "11+3" in table(doc) and "<- pick" in table(doc)
+    with pytest.raises(UserError, match="pairs must be 0"):
+        screen(run, ["happy"], -1, "0.2r", pairs=1, lm=object())
 
 
 def test_screen_runs_each_candidate_against_one_baseline(lm, run, capsys):

@@ -49,13 +49,22 @@ def test_screened_targets_take_the_screen_pick_else_the_best_detector(monkeypatc
     calls = []
 
     def fake_screen(run, emotions, sign, strength, **kw):
-        calls.append((tuple(emotions), sign, strength))
-        if sign > 0:  # the positive group steers with an aligned feature; nothing steers negative
-            return {"pick": 40, "candidates": [{"feature": 1, "why": "blissful label #1"},
-                                               {"feature": 40, "why": "blissful aligned #2"}]}
-        return {"pick": None, "candidates": [{"feature": 3, "why": "sad label #1"}]}
+        calls.append((tuple(emotions), sign, strength, kw.get("pairs")))
+        if sign > 0:  # the positive group steers best with a pair; nothing steers negative
+            return {"pick": [1, 40], "pick_strength": "0.14r", "candidates": [
+                {"feature": 1, "why": "blissful label #1", "emotion": "blissful"},
+                {"feature": [1, 40], "why": "pair blissful label #1 + happy aligned #2", "emotion": "blissful"}]}
+        return {"pick": None, "pick_strength": None, "candidates": [{"feature": 3, "why": "sad label #1", "emotion": "sad"}]}
 
     monkeypatch.setattr(features.screen, "screen", fake_screen)
     targets, emotions, docs = screened_targets(tmp_path, LABELS, lm=None)
-    assert calls == [(("happy", "blissful"), 1, "0.25r"), (("sad",), -1, "0.25r")]  # afraid has no feature
-    assert targets == ["40", "sad"] and emotions == ["blissful", "sad"] and len(docs) == 2
+    assert calls == [(("happy", "blissful"), 1, "0.2r", 3), (("sad",), -1, "0.2r", 3)]  # afraid has no feature
+    assert targets == [("1+40", "0.14r"), ("sad", "0.2r")] and emotions == ["blissful", "sad"] and len(docs) == 2
+
+
+def test_summary_table_names_a_clamped_pair(tmp_path: Path):
+    clamp = [{"emotion": "sad", "feature": [7, 9], "rows": [
+        {"strength": "0", "delta": 0.0}, {"strength": "0.1342r", "delta": -0.4, "delta_lo": -0.5, "delta_hi": -0.3}]}]
+    s = _summary(tmp_path, {}, LABELS, {}, {}, clamp, tmp_path / "browser", {})
+    assert s["clamp"]["sad"]["feature"] == [7, 9]
+    assert "clamp sad      features 7+9 at 0.1342r: VADER -0.400" in format_table(s)
