@@ -23,7 +23,7 @@ import logging
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -103,7 +103,7 @@ class Edit:
     mode: str
     strength: Strength | None
     value: float
-    direction: torch.Tensor  # [d_model], the row the coefficient multiplies
+    direction: torch.Tensor  # [d_model] the row the coefficient multiplies; [batch, d_model] per row
     feature: int | None = None
     label: str | None = None
 
@@ -114,7 +114,7 @@ class Edit:
         if self.feature is not None:
             d.update(feature=self.feature, label=self.label)
         if self.mode in ("set", "add"):
-            d["residual_norm"] = abs(self.value) * float(self.direction.norm())
+            d["residual_norm"] = abs(self.value) * float(self.direction.norm(dim=-1).flatten()[0])
         return d
 
     def __str__(self) -> str:
@@ -333,7 +333,12 @@ class Clamp:
                 coef[..., i] = c * e.value - c
             else:  # ablate
                 coef[..., i] = -c
-        delta = coef @ self._dirs.to(x.device)
+        if self._dirs.dim() == 3:  # one direction per batch row (a control over several directions)
+            if self._dirs.shape[1] != b:
+                raise ValueError(f"this clamp has directions for {self._dirs.shape[1]} rows, the batch has {b}")
+            delta = torch.einsum("btn,nbd->btd", coef, self._dirs.to(x.device))
+        else:
+            delta = coef @ self._dirs.to(x.device)
         if where is not None:
             delta = delta * where[..., None]
         self._remember(t, delta.norm(dim=-1))
@@ -360,7 +365,7 @@ def clamp(model: nn.Module, sae: Any = None, features: Mapping[int | str, Any] |
           mode: str = "set", vectors: Mapping[str, Any] | None = None, scope: str = "all",
           prompt_len: int | None = None, hook: str | None = None, labels: dict | None = None,
           max_act: torch.Tensor | None = None, mean_resid_norm: float | None = None,
-          random_control: int | None = None, control_kind: str = "direction", skip_outliers: float | None = 10.0,
+          random_control: int | Sequence[int] | None = None, control_kind: str = "direction", skip_outliers: float | None = 10.0,
           record: bool = False) -> Clamp:
     """Build a clamp; use it as `with clamp(...):` around `model(...)` or `model.generate(...)`.
 
@@ -368,7 +373,8 @@ def clamp(model: nn.Module, sae: Any = None, features: Mapping[int | str, Any] |
     features: {index or label: spec}, spec = 8.0 | "4x" | "0.05r" | "add=0.05r" | "scale=2" | "ablate".
     vectors: {emotion: "0.05r" | 8.0 | ("add", ...)}, or {name: (tensor, strength)} for any direction.
     random_control: a seed; every edit then writes along a random direction of the same norm (the
-    matched control); control_kind "direction" draws it isotropically, "feature" takes a random other
+    matched control); a list of seeds, one per batch row, gives each row its own directions (row i's
+    exactly those of random_control=seeds[i]); control_kind "direction" draws it isotropically, "feature" takes a random other
     decoder row of the SAE (on the dictionary's manifold: "any feature at this strength").
     skip_outliers: leave positions whose norm exceeds this x mean_resid_norm (the
     attention sink) unedited; None edits every position."""
@@ -433,12 +439,20 @@ def clamp(model: nn.Module, sae: Any = None, features: Mapping[int | str, Any] |
             raise UserError(f"unknown control kind {control_kind!r}; use one of {', '.join(CONTROL_KINDS)}")
         if control_kind == "feature" and sae_obj is None:
             raise UserError("a random-feature control needs an SAE; pass a run directory or an SAE")
-        g = torch.Generator().manual_seed(int(random_control))
-        if control_kind == "direction":
-            edits = [replace(e, direction=_random_like(e.direction, g)) for e in edits]
-        else:
-            edits = [replace(e, direction=_random_feature_like(e.direction, sae_obj.W_dec.detach(),
-                                                               {x.feature for x in edits}, g)) for e in edits]
+        seeds = [int(random_control)] if isinstance(random_control, (int, float)) else [int(x) for x in random_control]
+        if not seeds:
+            raise UserError("random_control needs a seed or a non-empty list of seeds")
+        per_seed = []
+        for seed in seeds:
+            g = torch.Generator().manual_seed(seed)
+            if control_kind == "direction":
+                per_seed.append([_random_like(e.direction, g) for e in edits])
+            else:
+                per_seed.append([_random_feature_like(e.direction, sae_obj.W_dec.detach(), {x.feature for x in edits}, g)
+                                 for e in edits])
+        one = isinstance(random_control, (int, float))
+        edits = [replace(e, direction=per_seed[0][i] if one else torch.stack([d[i] for d in per_seed]))
+                 for i, e in enumerate(edits)]
     outlier = None if skip_outliers is None or mean_resid_norm is None else skip_outliers * float(mean_resid_norm)
     return Clamp(model, sae_obj, edits, hp, scope=scope, prompt_len=prompt_len, outlier_norm=outlier, record=record)
 

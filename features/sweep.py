@@ -268,26 +268,30 @@ def _nominal_norm(edits) -> float | None:
 def _control_run(lm, assets, steer_kw: dict, row_ids: list, seeds: list, control_seed: int, control_kind: str,
                  k: int, gen_kw: dict, progress: str):
     """The matched control's continuations and scores, rows in order: row r written along the
-    random direction(s) of seed control_seed + (r mod k), generated and scored in k groups."""
+    random direction(s) of seed control_seed + (r mod k), each row its own (clamp's per-row seeds),
+    generated and scored in the same batches as the steered run."""
     from features.clamp import clamp
     from features.generation import Batch, generate, score
 
-    n = len(row_ids)
-    conts: list = [None] * n
-    texts: list = [None] * n
-    sc: dict[str, list] = {"nll": [None] * n, "n_tokens": [None] * n, "kl": [None] * n}
-    for g in range(min(k, n)):
-        idx = list(range(g, n, k))
-        kw = dict(steer_kw, random_control=control_seed + g, control_kind=control_kind)
-        b = generate(lm.model, lm.tokenizer, [row_ids[i] for i in idx], [seeds[i] for i in idx],
-                     progress=f"{progress} ({g + 1}/{min(k, n)})", context=lambda kw=kw: clamp(lm.model, assets, **kw),
-                     **gen_kw)
-        s = score(lm.model, lm.tokenizer, b, batch_size=gen_kw["batch_size"] // 2 or 1,
-                  steer=lambda p, kw=kw: clamp(lm.model, assets, prompt_len=p, **kw))
-        for j, i in enumerate(idx):
-            conts[i], texts[i] = b.continuation_ids[j], b.texts[j]
+    bs, n = gen_kw["batch_size"], len(row_ids)
+    sub = bs // 2 or 1  # scoring holds two sets of full-vocabulary logits
+    conts, texts, sc = [], [], {"nll": [], "n_tokens": [], "kl": []}
+    for start in range(0, n, bs):
+        rows = list(range(start, min(start + bs, n)))
+        row_seeds = [control_seed + r % k for r in rows]
+        b = generate(lm.model, lm.tokenizer, [row_ids[r] for r in rows], [seeds[r] for r in rows], progress=progress,
+                     context=lambda rs=row_seeds: clamp(lm.model, assets, random_control=rs, control_kind=control_kind,
+                                                        **steer_kw), **gen_kw)
+        conts += b.continuation_ids
+        texts += b.texts
+        for s0 in range(0, len(rows), sub):
+            part = Batch(b.prompt_ids[s0:s0 + sub], b.continuation_ids[s0:s0 + sub], b.texts[s0:s0 + sub])
+            rs = row_seeds[s0:s0 + sub]
+            out = score(lm.model, lm.tokenizer, part, batch_size=len(rs),
+                        steer=lambda p, rs=rs: clamp(lm.model, assets, prompt_len=p, random_control=rs,
+                                                     control_kind=control_kind, **steer_kw))
             for key in sc:
-                sc[key][i] = s[key][j]
+                sc[key] += out[key]
     return Batch(prompt_ids=[list(r) for r in row_ids], continuation_ids=conts, texts=texts), sc
 
 

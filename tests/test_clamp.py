@@ -140,6 +140,26 @@ def test_random_controls_keep_each_edits_norm(lm, assets):
         clamp(lm.model, assets, {7: 5.0}, random_control=1, control_kind="gaussian")
 
 
+def test_per_row_control_seeds_give_each_row_its_own_directions(lm, assets):
+    """random_control=[s0, s1]: batch row i is edited exactly as random_control=s_i edits it alone."""
+    spec = {7: 5.0, 3: "add=0.1r"}
+    enc = _prompt(lm)
+    two = {k: v.repeat(2, 1) for k, v in enc.items()}
+    with torch.no_grad():
+        with clamp(lm.model, assets, spec, random_control=[11, 12]):
+            both = lm.model(**two).logits
+        for i, seed in enumerate((11, 12)):
+            with clamp(lm.model, assets, spec, random_control=seed):
+                alone = lm.model(**enc).logits[0]
+            assert torch.allclose(both[i], alone, rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(both[0], both[1], atol=1e-3)
+        with pytest.raises(ValueError, match="directions for 2 rows"):
+            with clamp(lm.model, assets, spec, random_control=[11, 12]):
+                lm.model(**enc)
+    per_row = clamp(lm.model, assets, spec, random_control=[11, 12]).edits[0]
+    assert per_row.describe()["residual_norm"] == pytest.approx(clamp(lm.model, assets, spec).edits[0].describe()["residual_norm"])
+
+
 def test_resolution_labels_units_and_vectors(lm, assets):
     c = clamp(lm.model, assets, {"happy": "2x", "happy#2": "add=0.05r", "sad": "ablate"}, vectors={"calm": "0.1r"})
     d = {e["target"]: e for e in c.describe()["edits"]}
