@@ -26,12 +26,7 @@ DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo-cpu.yaml"
 # one positive and one negative emotion group, with the way each should move valence
 CLAMP_TARGETS = (("happy", "blissful"), ("sad", "afraid"))
 CLAMP_SIGNS = (1, -1)
-# the same nominal edit norm for every candidate, a fifth of the mean residual norm: on the demo SAE
-# random directions at 0.25r lowered VADER by 0.16 on average (four seeds, screening prompts), at
-# ~0.2r by 0.02, so a stronger edit mostly measures damage
-CLAMP_STRENGTH = "0.2r"
 SCREEN_SAMPLES = 2  # per screening prompt: enough to rank candidates, kept small for the demo's time
-SCREEN_PAIRS = 3  # pairs of the 3 best singles are screened too, at the same total norm
 
 
 def clamp_targets(labels: dict) -> list[str]:
@@ -51,7 +46,7 @@ def screened_targets(run: Path, labels: dict, lm) -> tuple[list[tuple[str, str]]
     """([(target, strength)], their emotions, screen documents): per group, the candidate feature or
     pair that moved VADER furthest the group's way on the screening prompts (features/screen.py);
     the evaluation then runs on the separate sweep prompts, so the pick's reported effect is unbiased."""
-    from features.screen import screen, target_name
+    from features.screen import DEFAULT_STRENGTH, screen, target_name
 
     fallback = clamp_targets(labels)
     chosen = {e for e, v in (labels.get("emotions") or {}).items() if v}
@@ -60,14 +55,14 @@ def screened_targets(run: Path, labels: dict, lm) -> tuple[list[tuple[str, str]]
         emos = [e for e in group if e in chosen]
         if not emos:
             continue
-        doc = screen(run, emos, sign, CLAMP_STRENGTH, samples=SCREEN_SAMPLES, pairs=SCREEN_PAIRS, lm=lm)
+        doc = screen(run, emos, sign, samples=SCREEN_SAMPLES, lm=lm)  # the screen's strength and pairs
         docs.append(doc)
         if doc["pick"] is not None:
             targets.append((target_name(doc["pick"]), doc["pick_strength"]))
             emotions.append(next(c["emotion"] for c in doc["candidates"] if c["feature"] == doc["pick"]))
         else:  # nothing steered: show the best detector's effect, whatever it is
             e = next(e for e in fallback if e in emos)
-            targets.append((e, CLAMP_STRENGTH))
+            targets.append((e, DEFAULT_STRENGTH))
             emotions.append(e)
     return targets, emotions, docs
 
@@ -173,12 +168,11 @@ def run_demo(run_dir: str | Path = "runs/demo", fresh: bool = False, overrides: 
         if not targets:
             return
         prompts = load_prompt_file(DEFAULT_PROMPTS)[:clamp_prompts]
-        results = []
-        for (target, strength), e in zip(targets, emotions):  # each at its own strength (pairs: per feature)
-            (res,) = run_sweeps(run, [target], ["0", strength], prompts=prompts, samples=clamp_samples,
-                                control="max", lm=lm, out_dir=run / "clamp")
+        results = run_sweeps(run, [t for t, _ in targets], ["0"], prompts=prompts, samples=clamp_samples,
+                             control="max", lm=lm, out_dir=run / "clamp",
+                             target_strengths=[["0", s] for _, s in targets])  # pairs: per-feature strength
+        for res, e in zip(results, emotions):
             res["emotion"] = e
-            results.append(res)
         write_json_atomic(clamp_path, results)
     _step("clamp", clamp_path.exists() or not clamp_targets(labels), do_clamp, timings)
     clamp_results = read_json(clamp_path) if clamp_path.exists() else []

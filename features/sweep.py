@@ -132,7 +132,8 @@ def run_sweeps(run_dir: str | Path, targets: Sequence[Any], strengths: Sequence 
                top_p: float = 0.95, control: str = "all", control_seed: int = 1234, control_kind: str = "direction",
                control_directions: int = 8, lm=None,
                model: str | None = None, device: str | None = None, out_dir: str | Path | None = None,
-               batch_size: int = 128, chat: bool | None = None, examples: int = 3) -> list[dict]:
+               batch_size: int = 128, chat: bool | None = None, examples: int = 3,
+               target_strengths: Sequence[Sequence | str] | None = None) -> list[dict]:
     """Sweep each target over `strengths` (e.g. "-0.1r,0,0.1r") on prompts x samples, one shared
     baseline. control: "all" (a random-direction run at every non-zero strength), "max" (at the
     largest |strength| of each sign) or "none"; control_kind "direction" (isotropic) or "feature"
@@ -140,7 +141,9 @@ def run_sweeps(run_dir: str | Path, targets: Sequence[Any], strengths: Sequence 
     draws its direction with seed control_seed + (r mod K), so the control is an average over K
     random directions, not one draw (single directions differ a lot: at 0.25r on the demo SAE four
     seeds gave VADER shifts from -0.06 to -0.32). Writes CSV/PNG/JSON per target under `out_dir`
-    (default RUN/sweeps/) and returns one dict per target with "rows" (one per strength)."""
+    (default RUN/sweeps/) and returns one dict per target with "rows" (one per strength).
+    target_strengths: one strength list per target, in place of `strengths` (e.g. pairs screened at
+    their own per-feature strength), still against the one shared baseline."""
     from features.clamp import clamp, load_run
     from features.clamp_cli import load_prompt_file
     from features.generation import format_prompts, generate, score, tokenize_prompts
@@ -160,13 +163,12 @@ def run_sweeps(run_dir: str | Path, targets: Sequence[Any], strengths: Sequence 
     targets = [Target.parse(t, mode) for t in targets]
     if not targets:
         raise UserError("no target to sweep; give a feature label/index or vector:EMOTION")
-    strength_list = parse_strengths(strengths) if isinstance(strengths, str) else [parse_strength(s) for s in strengths]
-    units = {s.unit for s in strength_list if not s.is_zero}
-    if len(units) > 1:
-        raise UserError(f"strengths mix units ({', '.join(sorted(units))}); use one unit per sweep")
+    if target_strengths is not None and len(target_strengths) != len(targets):
+        raise UserError(f"{len(target_strengths)} strength lists for {len(targets)} targets; give one per target")
+    per_target = [_strength_list(x) for x in (target_strengths or [strengths] * len(targets))]
     prompt_texts = _prompts(prompts)
     # validate every target and strength before spending minutes generating
-    for t in targets:
+    for t, strength_list in zip(targets, per_target):
         for s in strength_list:
             clamp(lm.model, assets, scope=scope, **t.clamp_kwargs(s))
             if control != "none":
@@ -181,7 +183,7 @@ def run_sweeps(run_dir: str | Path, targets: Sequence[Any], strengths: Sequence 
     seeds = [seed + j for _, j in rows]
     gen_kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, batch_size=batch_size)
     log.info("sweep: %d prompts x %d samples, strengths %s", len(prompt_texts), samples,
-             ", ".join(str(s) for s in strength_list))
+             "; ".join(", ".join(str(s) for s in x) for x in dict.fromkeys(tuple(x) for x in per_target)))
 
     base = generate(lm.model, lm.tokenizer, row_ids, seeds, progress="baseline", **gen_kw)
     base_vader = vader_scores(base.texts)
@@ -193,7 +195,7 @@ def run_sweeps(run_dir: str | Path, targets: Sequence[Any], strengths: Sequence 
                 "control_kind": control_kind, "control_directions": control_directions,
                 "model": lm.model_id, "ci": CI_METHOD}
     results = []
-    for t in targets:
+    for t, strength_list in zip(targets, per_target):
         label_key = next((k for k in t.keys if not k.lstrip("-").isdigit()), None)
         emotion = label_key.split("#")[0].lower() if label_key else None
         mon = monitor_scorer(assets, lm, emotion)
@@ -255,6 +257,14 @@ def _prompts(prompts) -> list[str]:
     if not prompts:
         raise UserError("the prompt set is empty")
     return prompts
+
+
+def _strength_list(strengths: Sequence | str) -> list[Strength]:
+    out = parse_strengths(strengths) if isinstance(strengths, str) else [parse_strength(s) for s in strengths]
+    units = {s.unit for s in out if not s.is_zero}
+    if len(units) > 1:
+        raise UserError(f"strengths mix units ({', '.join(sorted(units))}); use one unit per sweep")
+    return out
 
 
 def _nominal_norm(edits) -> float | None:

@@ -403,6 +403,12 @@ def test_sweep_feature_groups_and_control_directions(lm, run, assets, tmp_path):
     rows = [assets.sae.W_dec[i].float() * (0.2 * MEAN_NORM / assets.sae.W_dec[i].norm()) for i in (3, 7)]
     assert strong["residual_norm"] == pytest.approx(float((rows[0] + rows[1]).norm()), rel=1e-4)
     assert strong["control_kl"] > 0
+    a, b = run_sweeps(run, ["happy", "sad"], "0", prompts=["Describe your room."], samples=1, max_new_tokens=4, lm=lm,
+                      out_dir=tmp_path, control="none", target_strengths=[["0", "0.1r"], ["0", "2x"]])
+    assert [r["strength"] for r in a["rows"]] == ["0", "0.1r"] and [r["strength"] for r in b["rows"]] == ["0", "2x"]
+    assert a["rows"][0]["vader"] == b["rows"][0]["vader"]  # one shared baseline
+    with pytest.raises(UserError, match="one per target"):
+        run_sweeps(run, ["happy", "sad"], "0", prompts=["a"], samples=1, lm=lm, target_strengths=[["0", "1x"]])
 
     ids = _prompt(lm)["input_ids"][0].tolist()
     kw = dict(features={"happy": "add=0.5r"})
@@ -455,18 +461,19 @@ def test_screen_pairs_the_best_singles_at_the_same_norm(monkeypatch, run):
     calls = []
 
     def fake_sweeps(run_dir, targets, strengths, **kw):
-        calls.append((list(targets), list(strengths)))
+        per = kw.get("target_strengths") or [strengths] * len(targets)
+        calls.append((list(targets), [list(x) for x in per]))
         out = []
-        for t in targets:
+        for t, st in zip(targets, per):
             d = -0.5 if "+" in t else deltas[t]
-            out.append({"label": None, "settings": {}, "rows": [{"strength": "0"}, {"strength": strengths[1], "delta": d, "delta_lo": d - 0.1,
+            out.append({"label": None, "settings": {}, "rows": [{"strength": "0"}, {"strength": st[1], "delta": d, "delta_lo": d - 0.1,
                                                                    "delta_hi": d + 0.1, "ppl_ratio": 1.5, "kl": 0.2}]})
         return out
 
     monkeypatch.setattr(features.sweep, "run_sweeps", fake_sweeps)
     doc = screen(run, ["happy", "sad"], -1, "0.2r", top=2, aligned=0, pairs=2, lm=object())
     s_pair = pair_strength("0.2r", load_run(run).sae.W_dec.detach(), 11, 3)
-    assert calls[1] == (["11+3"], ["0", s_pair])  # the best two singles, best first
+    assert calls[1] == (["11+3"], [["0", s_pair]])  # the best two singles, best first, one shared baseline
     assert doc["pick"] == [11, 3] and doc["pick_strength"] == s_pair
     pair_row = doc["candidates"][-1]
     assert pair_row["emotion"] == "happy" and pair_row["why"] == "pair happy label #2 + happy label #1"
@@ -478,7 +485,7 @@ def test_screen_pairs_the_best_singles_at_the_same_norm(monkeypatch, run):
 def test_screen_runs_each_candidate_against_one_baseline(lm, run, capsys):
     from features.screen import screen, table
 
-    doc = screen(run, ["happy"], +1, "0.3r", top=2, aligned=0, prompts=["Describe your room.", "Write about rain."],
+    doc = screen(run, ["happy"], +1, "0.3r", top=2, aligned=0, pairs=0, prompts=["Describe your room.", "Write about rain."],
                  samples=2, max_new_tokens=6, lm=lm)
     assert [c["feature"] for c in doc["candidates"]] == [3, 11]
     for c in doc["candidates"]:
