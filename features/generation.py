@@ -9,6 +9,7 @@ batch sampler for writing corpora; both share its `chat_prompt`.)"""
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass
 from typing import Callable, ContextManager
 
@@ -132,6 +133,7 @@ def score(model, tokenizer, batch: Batch, steer: Callable[[int], ContextManager]
     continuation of KL(steered || unsteered) between next-token distributions."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
+    trims = "logits_to_keep" in inspect.signature(model.forward).parameters
     out: dict[str, list[float]] = {"nll": [], "n_tokens": [], "kl": []}
     for s in range(0, len(batch.prompt_ids), batch_size):
         p_ids = batch.prompt_ids[s:s + batch_size]
@@ -140,9 +142,14 @@ def score(model, tokenizer, batch: Batch, steer: Callable[[int], ContextManager]
         for j, c in enumerate(batch.continuation_ids[s:s + batch_size]):
             if not c:
                 target[j] = False
-        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask, position_ids=pos,
-                                       use_cache=False).logits[:, :-1].float(), -1)
-        nll = -(logp.gather(-1, ids[:, 1:, None])[..., 0] * target).sum(-1)
+        # only positions wp-1.. predict continuation tokens: skip the LM head over the prompt
+        start = wp - 1 if trims else 0
+        kw = dict(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
+        if trims:
+            kw["logits_to_keep"] = ids.shape[1] - start
+        target = target[:, start:]
+        logp = torch.log_softmax(model(**kw).logits[:, :-1].float(), -1)
+        nll = -(logp.gather(-1, ids[:, start + 1:, None])[..., 0] * target).sum(-1)
         n = target.sum(-1)
         out["nll"] += nll.tolist()
         out["n_tokens"] += n.tolist()
@@ -150,8 +157,7 @@ def score(model, tokenizer, batch: Batch, steer: Callable[[int], ContextManager]
             out["kl"] += [0.0] * len(p_ids)
             continue
         with steer(wp):
-            lq = torch.log_softmax(model(input_ids=ids, attention_mask=mask, position_ids=pos,
-                                         use_cache=False).logits[:, :-1].float(), -1)
+            lq = torch.log_softmax(model(**kw).logits[:, :-1].float(), -1)
         kl_t = (lq.exp() * (lq - logp)).sum(-1)
         out["kl"] += ((kl_t * target).sum(-1) / n.clamp_min(1)).tolist()
     return out

@@ -99,7 +99,8 @@ def screen(run_dir: str | Path, emotions: Sequence[str], sign: int, strength: st
         raise UserError(f"labels.json ranks no feature for {', '.join(emotions)}; run `emosae label {run}` first")
     if pairs == 1 or pairs < 0:
         raise UserError(f"pairs must be 0 (singles only) or >= 2, not {pairs}")
-    kw = dict(prompts=prompts or SCREEN_PROMPTS, samples=samples, control="none", out_dir=False, examples=0, **sweep_kw)
+    kw = dict(prompts=prompts or SCREEN_PROMPTS, samples=samples, control="none", out_dir=False, examples=0, kl=False,
+              **sweep_kw)
     results = run_sweeps(run, [str(f) for f, _ in cands], ["0", strength], lm=lm, **kw)
     rows = [_row(feature, why, why.split()[0], res) for (feature, why), res in zip(cands, results)]
     if pairs:

@@ -133,7 +133,7 @@ def run_sweeps(run_dir: str | Path, targets: Sequence[Any], strengths: Sequence 
                control_directions: int = 8, lm=None,
                model: str | None = None, device: str | None = None, out_dir: str | Path | None = None,
                batch_size: int = 128, chat: bool | None = None, examples: int = 3,
-               target_strengths: Sequence[Sequence | str] | None = None) -> list[dict]:
+               target_strengths: Sequence[Sequence | str] | None = None, kl: bool = True) -> list[dict]:
     """Sweep each target over `strengths` (e.g. "-0.1r,0,0.1r") on prompts x samples, one shared
     baseline. control: "all" (a random-direction run at every non-zero strength), "max" (at the
     largest |strength| of each sign) or "none"; control_kind "direction" (isotropic) or "feature"
@@ -143,7 +143,8 @@ def run_sweeps(run_dir: str | Path, targets: Sequence[Any], strengths: Sequence 
     seeds gave VADER shifts from -0.06 to -0.32). Writes CSV/PNG/JSON per target under `out_dir`
     (default RUN/sweeps/) and returns one dict per target with "rows" (one per strength).
     target_strengths: one strength list per target, in place of `strengths` (e.g. pairs screened at
-    their own per-feature strength), still against the one shared baseline."""
+    their own per-feature strength), still against the one shared baseline. kl=False skips the
+    KL (a second, steered forward per row; screening only needs the perplexity)."""
     from features.clamp import clamp, load_run
     from features.clamp_cli import load_prompt_file
     from features.generation import format_prompts, generate, score, tokenize_prompts
@@ -215,7 +216,9 @@ def run_sweeps(run_dir: str | Path, targets: Sequence[Any], strengths: Sequence 
                                  context=lambda kw=steer_kw: clamp(lm.model, assets, **kw), **gen_kw)
                 vader = vader_scores(batch.texts)
                 scores = score(lm.model, lm.tokenizer, batch, batch_size=batch_size // 2 or 1,
-                               steer=lambda p, kw=steer_kw: clamp(lm.model, assets, prompt_len=p, **kw))
+                               steer=(lambda p, kw=steer_kw: clamp(lm.model, assets, prompt_len=p, **kw)) if kl else None)
+                if not kl:
+                    scores["kl"] = [float("nan")] * len(rows)
             row.update(_valence(vader, base_vader, groups))
             row.update(_coherence(scores, groups, base_ppl))
             if mon:

@@ -384,6 +384,25 @@ def test_sweep_rows_files_and_control(lm, run, tmp_path):
         run_sweeps(run, ["happy"], "1x,0.1r", prompts=["a"], samples=1, lm=lm, out_dir=tmp_path)
 
 
+def test_score_matches_each_row_scored_alone(lm, assets):
+    """score() keeps logits only from the prompt boundary on: per-row NLL equals a plain full-logits
+    computation of each row alone (different prompt lengths, so left padding is exercised)."""
+    from features.generation import Batch, score
+
+    tok = lm.tokenizer
+    prompts = [_prompt(lm)["input_ids"][0].tolist(), _prompt(lm, "Hi.")["input_ids"][0].tolist()]
+    conts = [tok(" The sun was warm and", add_special_tokens=False)["input_ids"], tok(" Hello", add_special_tokens=False)["input_ids"]]
+    out = score(lm.model, tok, Batch(prompts, conts, ["", ""]), batch_size=2,
+                steer=lambda p: clamp(lm.model, assets, {"happy": "0.2r"}, prompt_len=p))
+    with torch.no_grad():
+        for i, (p_ids, c_ids) in enumerate(zip(prompts, conts)):
+            logp = torch.log_softmax(lm.model(torch.tensor([p_ids + c_ids])).logits[0].float(), -1)
+            ref = -sum(float(logp[len(p_ids) - 1 + j, t]) for j, t in enumerate(c_ids))
+            assert out["n_tokens"][i] == len(c_ids)
+            assert out["nll"][i] == pytest.approx(ref, rel=1e-4, abs=1e-3)
+            assert out["kl"][i] > 0
+
+
 def test_sweep_feature_groups_and_control_directions(lm, run, assets, tmp_path):
     """A "+" target clamps every named feature; the control's row r uses the direction drawn with
     seed control_seed + (r mod K), so K rows groups see K different random directions."""
