@@ -119,8 +119,7 @@ def screen(run_dir: str | Path, emotions: Sequence[str], sign: int, strength: st
     best = pick(rows, sign, max_ppl_ratio)
     settings = {**results[0]["settings"], "max_ppl_ratio": max_ppl_ratio,
                 "prompt_set": str(prompts) if isinstance(prompts, (str, Path)) else
-                ("shipped " + SCREEN_PROMPTS.name if prompts is None else "given")}
-    settings["pairs"] = pairs
+                ("shipped " + SCREEN_PROMPTS.name if prompts is None else "given"), "pairs": pairs}
     return {"emotions": list(emotions), "sign": sign, "strength": strength, "candidates": rows,
             "pick": best["feature"] if best else None, "pick_strength": best["strength"] if best else None,
             "settings": settings}
