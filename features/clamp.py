@@ -439,18 +439,19 @@ def clamp(model: nn.Module, sae: Any = None, features: Mapping[int | str, Any] |
             raise UserError(f"unknown control kind {control_kind!r}; use one of {', '.join(CONTROL_KINDS)}")
         if control_kind == "feature" and sae_obj is None:
             raise UserError("a random-feature control needs an SAE; pass a run directory or an SAE")
-        seeds = [int(random_control)] if isinstance(random_control, (int, float)) else [int(x) for x in random_control]
+        one = isinstance(random_control, (int, float))
+        seeds = [int(x) for x in ([random_control] if one else random_control)]
         if not seeds:
             raise UserError("random_control needs a seed or a non-empty list of seeds")
-        per_seed = []
-        for seed in seeds:
+        taken = {x.feature for x in edits}
+
+        def draw(seed: int) -> list[torch.Tensor]:  # one direction per edit, in order, from this seed
             g = torch.Generator().manual_seed(seed)
             if control_kind == "direction":
-                per_seed.append([_random_like(e.direction, g) for e in edits])
-            else:
-                per_seed.append([_random_feature_like(e.direction, sae_obj.W_dec.detach(), {x.feature for x in edits}, g)
-                                 for e in edits])
-        one = isinstance(random_control, (int, float))
+                return [_random_like(e.direction, g) for e in edits]
+            return [_random_feature_like(e.direction, sae_obj.W_dec.detach(), taken, g) for e in edits]
+
+        per_seed = [draw(seed) for seed in seeds]  # [seed][edit]
         edits = [replace(e, direction=per_seed[0][i] if one else torch.stack([d[i] for d in per_seed]))
                  for i, e in enumerate(edits)]
     outlier = None if skip_outliers is None or mean_resid_norm is None else skip_outliers * float(mean_resid_norm)
