@@ -29,7 +29,7 @@ from sae.errors import UserError
 from sae.evals import ce_loss_score, evaluate_sae
 from sae.hooks import module_path, parse_hook
 from sae.io import write_json_atomic, write_text_atomic
-from sae.models import LoadedModel, load_model
+from sae.models import LoadedModel, compile_blocks, load_model
 from sae.train_data import (HELDOUT_FILE, CacheSource, HeldOut, StreamSource, cache_dir_for, harvest_heldout,
                             harvest_train_cache, train_part, _complete)
 from sae.train_step import SAETrainer
@@ -44,6 +44,7 @@ class _State:
     step: int = 0
     tokens: int = 0  # activation rows trained on (global)
     seconds: float = 0.0  # harvest + training wall time, summed over sessions
+    heldout_seconds: float = 0.0  # this session's held-out harvest (not in `seconds`)
     history: list[list[dict]] = field(default_factory=list)  # per SAE
     next_ckpt: int = 0
 
@@ -107,8 +108,10 @@ def _train(cfg: Config, run_dir: Path, resume: bool, d: Dist) -> dict:
     lm = load_model(cfg.model.name, _device(cfg.model.device, d), cfg.model.dtype)
     hooks = list(dict.fromkeys(s.hook for s in cfg.saes))
     points = {h: parse_hook(h, lm.model) for h in hooks}
+    if cfg.model.compile:
+        compile_blocks(lm.model, max(p.layer for p in points.values()))
     d_in = int(lm.model.get_input_embeddings().embedding_dim)
-    heldout, source, harvest_seconds = _data(cfg, lm, hooks, d)
+    heldout, source, harvest_seconds, heldout_seconds = _data(cfg, lm, hooks, d)
     trainers = []
     for i, s in enumerate(cfg.saes):
         meta = {"model_id": lm.model_id, "model_name": lm.model_id, "model_path": lm.path,
@@ -122,6 +125,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, d: Dist) -> dict:
         if d.main:
             log.info("resumed %s from %s (step %d, %d tokens)", run, ckpt_path.name, st.step, st.tokens)
     st.seconds += harvest_seconds
+    st.heldout_seconds = heldout_seconds
     wb = WandbLogger(cfg.log.wandb, cfg.to_dict(), run, resume) if d.main else None
     _loop(cfg, st, trainers, source, heldout, d, run, wb)
     return _finish(cfg, st, trainers, heldout, lm, d, run, wb)
@@ -129,16 +133,18 @@ def _train(cfg: Config, run_dir: Path, resume: bool, d: Dist) -> dict:
 
 # --- data ----------------------------------------------------------------------------------------
 def _data(cfg: Config, lm: LoadedModel, hooks: list[str], d: Dist):
-    """(held-out slice on rank 0, this rank's training batches, seconds spent harvesting them now).
-    The held-out harvest is not counted: `seconds` in metrics.json is training-data harvest +
-    training."""
+    """(held-out slice on rank 0, this rank's training batches, seconds spent harvesting them now,
+    seconds spent harvesting the held-out slice now). The held-out harvest is not counted in
+    `seconds` (training-data harvest + training); metrics.json reports it apart as
+    `heldout_seconds` — with `model.compile` the compilation happens there."""
     data, t = cfg.data, cfg.train
+    t_ho = time.time()
     if t.batch_size % d.world:
         raise UserError(f"train.batch_size ({t.batch_size}) must divide evenly over {d.world} processes")
     local_batch = t.batch_size // d.world
     if data.mode == "stream":
         heldout = harvest_heldout(lm, data, hooks) if d.main else None
-        return heldout, StreamSource(lm, data, hooks, local_batch, t.seed, d.rank, d.world), 0.0
+        return heldout, StreamSource(lm, data, hooks, local_batch, t.seed, d.rank, d.world), 0.0, time.time() - t_ho
     cdir = cache_dir_for(lm, data, hooks, d.world, str(torch.device(cfg.model.device).type))
     heldout = None
     if d.main and data.heldout_tokens:
@@ -150,6 +156,7 @@ def _data(cfg: Config, lm: LoadedModel, hooks: list[str], d: Dist):
         missing = [h for h in hooks if h not in heldout.acts]
         if missing:
             raise UserError(f"{cdir / HELDOUT_FILE} has no activations for {missing}; point data.cache elsewhere")
+    heldout_seconds = time.time() - t_ho
     part = train_part(cdir, d.rank, d.world)
     t0 = time.time()
     if _complete(part):
@@ -160,7 +167,7 @@ def _data(cfg: Config, lm: LoadedModel, hooks: list[str], d: Dist):
     d.barrier()
     seconds = time.time() - t0
     source = CacheSource(ActivationCache.open(part), hooks, local_batch, t.seed, data.shuffle, t.epochs)
-    return heldout, source, seconds
+    return heldout, source, seconds, heldout_seconds
 
 
 # --- checkpoints -----------------------------------------------------------------------------------
@@ -286,7 +293,8 @@ def _finish(cfg: Config, st: _State, trainers: list[SAETrainer], heldout: HeldOu
                 m.update(ce_loss_score(lm.model, lm.tokenizer, sae, part, heldout.keep[:rows],
                                        cfg.data.outlier_mult))
             m.update({"dead": float(tr.dead_mask().float().mean()), "tokens": st.tokens,
-                      "seconds": round(st.seconds, 2), "tokens_per_s": st.tokens / max(st.seconds, 1e-9),
+                      "seconds": round(st.seconds, 2), "heldout_seconds": round(st.heldout_seconds, 2),
+                      "tokens_per_s": st.tokens / max(st.seconds, 1e-9),
                       "steps": st.step, "skipped_steps": tr.bad_steps, "arch": spec.arch, "d_sae": spec.d_sae,
                       "k": spec.k, "hook": spec.hook, "input_scale": tr.scale, "lr": tr.lr,
                       "history": st.history[i]})

@@ -70,3 +70,38 @@ def test_cli_errors_are_one_line_exit_2(tmp_path):
         assert needle in r.stderr and "Traceback" not in r.stderr
         assert len([line for line in r.stderr.splitlines() if "error" in line]) == 1
     assert not (tmp_path / "c").exists()  # nothing half-written
+
+
+@pytest.mark.slow
+def test_compiled_blocks_match_eager_and_keep_hooks(tmp_path, monkeypatch):
+    """`model.compile`: compiled blocks give eager's activations at every hook kind (capture cuts
+    the forward inside the compiled region too), a hook added after compiling still edits the
+    stream, a new batch shape still works, and blocks past `up_to` stay eager."""
+    from sae.hooks import HOOK_KINDS, add_hook, blocks_of, run_to_hooks
+    from sae.models import compile_blocks
+    from tests.conftest import tolerance_close
+    from tests.tiny_models import tiny_model
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    model = tiny_model("llama")
+    gen = torch.Generator().manual_seed(2)
+    ids, ids2 = torch.randint(0, 128, (2, 16), generator=gen), torch.randint(0, 128, (3, 24), generator=gen)
+    names = [f"blocks.1.{k}" for k in HOOK_KINDS]
+    with torch.inference_mode():
+        eager = {n: run_to_hooks(model, [n], input_ids=ids)[n].clone() for n in names}
+        eager2 = run_to_hooks(model, ["blocks.1.hook_resid_post"], input_ids=ids2)["blocks.1.hook_resid_post"]
+        compile_blocks(model, up_to=1)
+        blocks = blocks_of(model)
+        compiled = [all(hasattr(c.forward, "_torchdynamo_orig_callable") for c in b.children()) for b in blocks]
+        assert compiled == [True, True, False]
+        for n in names:
+            assert tolerance_close(run_to_hooks(model, [n], input_ids=ids)[n], eager[n]), n
+        assert tolerance_close(run_to_hooks(model, ["blocks.1.hook_resid_post"], input_ids=ids2)[
+            "blocks.1.hook_resid_post"], eager2)
+        for edited in ("blocks.0.hook_resid_post", "blocks.1.hook_mlp_out"):  # on a block, on a child
+            h = add_hook(model, edited, lambda x: torch.zeros_like(x))
+            seen = run_to_hooks(model, [edited], input_ids=ids)[edited]
+            h.remove()
+            assert torch.count_nonzero(seen) == 0, edited
+        assert tolerance_close(run_to_hooks(model, [names[-1]], input_ids=ids)[names[-1]], eager[names[-1]])
+    assert (tmp_path / "inductor").is_dir()
