@@ -22,9 +22,11 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 
-# Debian's Chromium for the browser tests; Playwright never downloads a browser here.
+# Debian's Chromium for the browser tests (Playwright never downloads a browser here), and a C++
+# compiler for torch.compile's CPU code (model.compile and its test).
 chromium:
 	@test -x /usr/bin/chromium || (apt-get update -q && apt-get install -y -q chromium chromium-driver)
+	@command -v g++ >/dev/null || (apt-get update -q && apt-get install -y -q g++)
 
 demo: install
 	$(BIN)/emosae demo --run $(RUN) $(if $(FRESH),--fresh,)
