@@ -28,7 +28,7 @@ class ModelConfig:
     name: str = "smollm2-135m"  # embedded name, hub id, local HF directory or .gguf file
     device: str = "auto"  # auto (cuda when present, else cpu) | cpu | cuda | cuda:N
     dtype: str = "float32"  # the LM's weights; on CUDA the forward runs under bf16 autocast
-    compile: bool = False  # torch.compile the blocks up to the deepest hook: pays off on long runs
+    compile: bool = False  # torch.compile the blocks up to the deepest hook (CPU: pays only on long runs, warm cache)
 
 
 @dataclass
