@@ -219,6 +219,8 @@ def _summary(run: Path, metrics: dict, labels: dict, geo: dict, dose: dict, clam
         "null_macro_auroc": (labels.get("null") or {}).get("heldout_macro_auroc_mean"),
         "aligned_n_auroc_ge_0_9": aligned_held.get("n_at_threshold"), "aligned_macro_auroc": aligned_held.get("macro_auroc"),
         "pc1_valence_r": geo.get("pc1_valence_r"), "pc1_valence_n": geo.get("n"),
+        "named_pc1_valence_r": (geo.get("named") or {}).get("pc1_valence_r"),
+        "story_on_named_pc1_r": (geo.get("named") or {}).get("story_on_named_pc1_r"),
         "afraid_dose_rho": _rho(dose, "afraid"), "calm_dose_rho": _rho(dose, "calm"),
         "afraid_dose_rho_vector": _rho(dose, "afraid", "vectors"), "calm_dose_rho_vector": _rho(dose, "calm", "vectors"),
         "control_dose_rho": (control.get("rho", {}).get("features") or {}) if control else None,
@@ -235,7 +237,8 @@ def format_table(s: dict) -> str:
         f"  SAE            FVE {f(s['fve'])}   L0 {f(s['l0'], '.1f')}   dead {f(s['dead'])}   CE-loss score {f(s['ce_loss_score'])}",
         f"  labels         {f(s['n_auroc_ge_0_9'], 'd')}/{f(s['n_emotions'], 'd')} emotions with held-out AUROC >= 0.9"
         f"   macro {f(s['macro_auroc'])}   (shuffled-label null {f(s['null_macro_auroc'])})",
-        f"  geometry       PC1 vs valence r = {f(s['pc1_valence_r'])} (n = {f(s['pc1_valence_n'], 'd')})",
+        f"  geometry       PC1 vs valence r = {f(s['pc1_valence_r'])} (n = {f(s['pc1_valence_n'], 'd')});"
+        f" named-emotion control: PC1 r = {f(s.get('named_pc1_valence_r'))}, stories on it r = {f(s.get('story_on_named_pc1_r'))}",
         f"  dose           acetaminophen: afraid rho {f(s['afraid_dose_rho'])}, calm rho {f(s['calm_dose_rho'])} (feature);"
         f" {f(s['afraid_dose_rho_vector'])}, {f(s['calm_dose_rho_vector'])} (vector)",
     ]

@@ -6,7 +6,11 @@ word); words it lacks (afraid, content, awestruck, nostalgic...) are listed and 
 reported. `--norms FILE.csv` (columns word,valence,arousal: Warriner 2013, NRC-VAD...) adds PC1 vs
 its valence and PC2 vs arousal, which VADER cannot give. A principal component's sign is
 arbitrary, so each is oriented to correlate positively with its rating (PC1 with valence, PC2 with
-arousal when known); |r| is what the orientation cannot change."""
+arousal when known); |r| is what the orientation cannot change.
+
+When the vectors dir holds the named-emotion control (features.vectors.named_vectors: the same
+recipe on sentences that name each emotion), geometry.json's "named" says whether the model has a
+valence axis at all (PC1 of the named vectors vs valence) and how the story vectors sit on it."""
 
 from __future__ import annotations
 
@@ -72,6 +76,30 @@ def pca(vectors: np.ndarray, n_components: int = 2) -> tuple[np.ndarray, np.ndar
     return u[:, :k] * s[:k], var[:k] / var.sum()
 
 
+def top_axis(vectors: np.ndarray) -> np.ndarray:
+    """The unit direction of PC1 of the rows of `vectors` (centred)."""
+    x = np.asarray(vectors, dtype=np.float64)
+    return np.linalg.svd(x - x.mean(0, keepdims=True), full_matrices=False)[2][0]
+
+
+def named_control(emotions: Sequence[str], vectors: np.ndarray, named: np.ndarray, vader: dict[str, float]) -> dict:
+    """How the story vectors relate to the model's valence axis for *named* emotions.
+
+    PC1 of the named-emotion vectors is oriented by valence (like PC1 of the stories); then
+    `story_on_named_pc1_r` is r of the story vectors' projections on that axis with valence (its
+    sign is meaningful: positive means the stories agree with the words), and
+    `story_pc1_cosine` is |cos| between the two PC1 directions."""
+    axis = top_axis(named)
+    scores = (np.asarray(named, np.float64) - np.asarray(named, np.float64).mean(0)) @ axis
+    c = correlate(scores, emotions, vader, "valence", "vader", 1)
+    if c.r is not None and c.r < 0:
+        axis, c.r = -axis, -c.r
+    proj = correlate(np.asarray(vectors, np.float64) @ axis, emotions, vader, "valence", "vader", 1)
+    return {"pc1_valence_r": c.r, "pc1_valence_p": c.p, "n": c.n,
+            "story_on_named_pc1_r": proj.r, "story_on_named_pc1_p": proj.p,
+            "story_pc1_cosine": round(float(abs(top_axis(vectors) @ axis)), 5)}
+
+
 def vader_valence() -> dict[str, float]:
     """Mean human valence (-4..4) of every word in VADER's lexicon, from the installed package."""
     spec = importlib.util.find_spec("vaderSentiment")
@@ -132,8 +160,9 @@ def correlate(scores: np.ndarray, emotions: Sequence[str], ratings: dict[str, fl
 
 
 def geometry(emotions: Sequence[str], vectors: np.ndarray, norms: dict[str, dict[str, float]] | None = None,
-             norms_source: str | None = None) -> dict:
-    """PCA of the vectors and the correlations; the geometry.json document (without paths)."""
+             norms_source: str | None = None, named: np.ndarray | None = None) -> dict:
+    """PCA of the vectors and the correlations; the geometry.json document (without paths).
+    `named`: the named-emotion control vectors at the same hook (`named_control`), if any."""
     emotions = list(emotions)
     if len(emotions) < 3:
         raise UserError(f"geometry needs at least 3 emotion vectors, got {len(emotions)}")
@@ -165,7 +194,8 @@ def geometry(emotions: Sequence[str], vectors: np.ndarray, norms: dict[str, dict
             "flipped": {"pc1": flipped[0], "pc2": flipped[1]},
             "valence_r_by_pc": [None if r is None else round(r, 4) for r in by_pc],
             "valence": {e: vader.get(e.lower()) for e in emotions},
-            "correlations": [c.as_dict() for c in corrs]}
+            "correlations": [c.as_dict() for c in corrs],
+            "named": named_control(emotions, vectors, named, vader) if named is not None else None}
 
 
 def emotion_map(doc: dict, path: str | Path, title: str = "") -> Path:
@@ -211,7 +241,7 @@ def run_geometry(source: str | Path, layer: int | None = None, norms: str | Path
     """Geometry of the vectors in a run (at the SAE's layer, else the best layer) or a vectors dir
     (its best layer); writes geometry.json and emotion_map.png into `out` (default: the run or
     vectors dir)."""
-    from features.vectors import load_vector_set
+    from features.vectors import load_named, load_vector_set
     from sae.io import write_json_atomic
 
     src = Path(source).expanduser()
@@ -219,7 +249,9 @@ def run_geometry(source: str | Path, layer: int | None = None, norms: str | Path
         raise UserError(f"{source} does not exist; give a run directory or a vectors directory")
     emotions, tensors, info = load_vector_set(src)
     key = _pick_key(src, tensors, info, layer)
-    doc = geometry(emotions, tensors[key].numpy(), read_norms(norms) if norms else None, str(norms) if norms else None)
+    named = load_named(src, key)
+    doc = geometry(emotions, tensors[key].numpy(), read_norms(norms) if norms else None, str(norms) if norms else None,
+                   named.numpy() if named is not None else None)
     out_dir = Path(out) if out else src
     doc = {"source": str(src), "vectors": key, **doc}
     png = emotion_map(doc, out_dir / "emotion_map.png", f"Emotion vectors at {key}")
@@ -293,5 +325,11 @@ def _cli(args: argparse.Namespace) -> int:
               + (f"; dropped: {', '.join(c['missing'])}" if c["missing"] else ""))
     print("VADER valence r with PC1..PC{}: {}".format(len(doc["valence_r_by_pc"]), ", ".join(
         "n/a" if r is None else f"{r:+.2f}" for r in doc["valence_r_by_pc"])) + " (raw PC signs)")
+    nc = doc.get("named")
+    if nc:
+        f = lambda r: "n/a" if r is None else f"{r:+.3f}"  # noqa: E731
+        print(f"named-emotion control: PC1 of the named vectors vs valence r = {f(nc['pc1_valence_r'])}, "
+              f"story vectors on that axis r = {f(nc['story_on_named_pc1_r'])} (n = {nc['n']}); "
+              f"|cos| of the two PC1s {nc['story_pc1_cosine']:.2f}")
     print(f"wrote {Path(doc['png']).parent / 'geometry.json'} and {doc['png']}")
     return 0

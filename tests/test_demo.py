@@ -31,7 +31,8 @@ def test_summary_has_the_documented_keys_and_table(tmp_path: Path):
                                                              "vectors": {"afraid": 0.5, "calm": -0.4}}},
                           {"name": "pages", "control": True, "rho": {"features": {"afraid": 0.1}}}]}
     s = _summary(tmp_path, {"fve": 0.8, "l0": 32.0, "dead": 0.01, "ce_loss_score": 0.97}, LABELS,
-                 {"pc1_valence_r": 0.5, "n": 26}, dose, clamp, tmp_path / "browser", {"train": 1.0})
+                 {"pc1_valence_r": 0.5, "n": 26, "named": {"pc1_valence_r": 0.91, "story_on_named_pc1_r": 0.66}},
+                 dose, clamp, tmp_path / "browser", {"train": 1.0})
     for key in ("run_dir", "fve", "l0", "dead", "ce_loss_score", "n_auroc_ge_0_9", "n_emotions", "pc1_valence_r",
                 "afraid_dose_rho", "calm_dose_rho", "clamp", "export_dir"):
         assert key in s, key
@@ -40,6 +41,7 @@ def test_summary_has_the_documented_keys_and_table(tmp_path: Path):
                                       "control_delta_vader": -0.02, "control_ci": [-0.1, 0.06], "ppl_ratio": 2.0}
     table = format_table(s)
     assert "1/3 emotions" in table and "clamp blissful" in table and "+0.310" in table
+    assert s["named_pc1_valence_r"] == 0.91 and "PC1 r = 0.910, stories on it r = 0.660" in table
 
 
 def test_screened_targets_take_the_screen_pick_else_the_best_detector(monkeypatch, tmp_path: Path):

@@ -85,6 +85,45 @@ def test_geometry_r_and_missing_words():
         geometry(EMOS[:2], vecs[:2])
 
 
+def _story_and_named(seed: int = 0, story_sign: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Named vectors whose main axis is valence; story vectors whose main axis is something else
+    (large, unrelated to valence), with valence only on a minor axis shared with the named ones."""
+    rng = np.random.default_rng(seed)
+    v = vader_valence()
+    q, _ = np.linalg.qr(rng.normal(size=(30, 3)))
+    val, other = q[:, 0], q[:, 1]
+    vals = np.array([v.get(e, 0.0) for e in EMOS])
+    c = rng.normal(size=len(EMOS))
+    c -= c.mean()
+    vc = vals - vals.mean()
+    c -= (c @ vc) / (vc @ vc) * vc  # uncorrelated with valence
+    c *= 8.0 / np.linalg.norm(c) * np.sqrt(len(EMOS))
+    named = np.stack([x * val + 0.1 * rng.normal(size=30) for x in vals])
+    story = np.stack([story_sign * 0.5 * x * val + ci * other + 0.05 * rng.normal(size=30) for x, ci in zip(vals, c)])
+    return story, named
+
+
+def test_named_control():
+    from labeling.geometry import top_axis
+
+    story, named = _story_and_named()
+    doc = geometry(EMOS, story, named=named)
+    nc = doc["named"]
+    assert abs(doc["pc1_valence_r"]) < 0.7  # the stories' PC1 is the other axis
+    assert nc["pc1_valence_r"] > 0.95 and nc["n"] == doc["n"]
+    v = vader_valence()
+    have = [i for i, e in enumerate(EMOS) if e in v]
+    axis = top_axis(named)
+    ref = pearsonr((story @ axis)[have], [v[EMOS[i]] for i in have]).statistic
+    assert nc["story_on_named_pc1_r"] == pytest.approx(abs(ref), abs=1e-6) and nc["story_on_named_pc1_r"] > 0.9
+    assert nc["story_pc1_cosine"] < 0.3
+    # the named axis is oriented by valence, so the sign says whether stories and words agree
+    assert geometry(EMOS, story, named=-named)["named"]["story_on_named_pc1_r"] == pytest.approx(-nc["story_on_named_pc1_r"])
+    flipped, _ = _story_and_named(story_sign=-1.0)
+    assert geometry(EMOS, flipped, named=named)["named"]["story_on_named_pc1_r"] < -0.9
+    assert geometry(EMOS, story)["named"] is None
+
+
 def test_norms_file(tmp_path):
     p = tmp_path / "norms.csv"
     p.write_text("Word,Valence,Arousal,Dominance\nhappy,8.5,6.0,7\nsad,2.1,3.5,3\nafraid,2.0,6.7,2\n"
@@ -121,5 +160,15 @@ def test_cli_on_a_vectors_dir(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "n = 6" in out and "afraid" in out
     assert json.loads((tmp_path / "o" / "geometry.json").read_text())["vectors"] == "layer_4"
+    assert doc["named"] is None
+    story, named = _story_and_named()
+    save_file({"layer_7": torch.tensor(named, dtype=torch.float32)}, str(d / "named_vectors.safetensors"),
+              metadata={"emotions": json.dumps(EMOS)})
+    save_file({"layer_7": torch.tensor(story, dtype=torch.float32)}, str(d / "vectors.safetensors"),
+              metadata={"emotions": json.dumps(EMOS)})
+    assert main(["geometry", str(d)]) == 0
+    out = capsys.readouterr().out
+    assert "named-emotion control" in out
+    assert json.loads((d / "geometry.json").read_text())["named"]["pc1_valence_r"] > 0.95
     assert main(["geometry", str(d), "--layer", "9"]) == 2
     assert main(["geometry", str(tmp_path / "nope")]) == 2

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from features.vectors import (compute_vectors, load_vectors, make_vectors, neutral_pcs, parse_layers,
-                              vector_key)
+from features.vectors import (NAMED_FILE, NAMED_TEMPLATES, compute_vectors, load_named, load_vectors, make_vectors,
+                              neutral_pcs, parse_layers, vector_key)
 from sae.errors import UserError
 
 EMOS = ("happy", "afraid", "calm")
@@ -127,6 +127,49 @@ def test_vectors_on_the_embedded_model(lm, rows, result, tmp_path):
     best = max((info["heldout_auroc"][k], -int(k)) for k in info["heldout_auroc"])
     assert info["best_layer"] == -best[1]
     assert info["heldout"][str(info["best_layer"])]["per_emotion"]["happy"]["ci"] is not None
+
+
+def test_named_control_vectors(lm, result, tmp_path):
+    """The control: the recipe on sentences naming each emotion, at every hook, saved beside the
+    vectors; checked by hand at layer 3 from a plain forward (position 0 masked, no skip)."""
+    from sae.hooks import run_to_hooks
+
+    assert set(result.named) == set(result.hooks)
+    pcs = {h: neutral_pcs(*_neutral_sums(lm, h), 0.5) for h in [HOOK]}
+    means = []
+    for e in EMOS:
+        enc = lm.tokenizer([t.format(w=e) for t in NAMED_TEMPLATES], add_special_tokens=False)["input_ids"]
+        per = []
+        for ids in enc:
+            with torch.inference_mode():
+                a = run_to_hooks(lm.model, [HOOK], input_ids=torch.tensor([ids]))[HOOK][0]
+            per.append(a[1:].mean(0))  # THE mask drops position 0; these sentences have no outliers
+        means.append(torch.stack(per).mean(0))
+    by_hand = make_vectors(torch.stack(means), list(EMOS), list(EMOS), pcs[HOOK])
+    v = result.named[HOOK]
+    assert v.shape == (3, 576) and torch.allclose(v.norm(dim=1), torch.ones(3), atol=1e-5)
+    assert (by_hand * v).sum(1).min() > 0.999
+    result.save(tmp_path / "v")
+    assert (tmp_path / "v" / NAMED_FILE).exists()
+    assert torch.equal(load_named(tmp_path / "v", "layer_3"), v)
+    assert load_named(tmp_path / "v", "layer_9") is None
+    info = json.loads((tmp_path / "v" / "vectors.json").read_text())
+    assert info["named_vectors"]["templates"] == list(NAMED_TEMPLATES)
+    # without the control, a stale file from an earlier computation is removed
+    result.named, named = {}, result.named
+    try:
+        result.save(tmp_path / "v")
+    finally:
+        result.named = named
+    assert not (tmp_path / "v" / NAMED_FILE).exists() and load_named(tmp_path / "v", "layer_3") is None
+
+
+def _neutral_sums(lm, hook):
+    from labeling.scoring import passage_acts
+
+    neutral = [r["text"] for r in _rows() if r["emotion"] == "neutral" and r["split"] == "train"]
+    x = torch.cat([t.acts[t.keep] for t in passage_acts(lm, None, neutral, hook, reduce="none")]).double()
+    return x.T @ x, x.sum(0), x.shape[0]
 
 
 def test_cached_path_matches_streamed(lm, rows, result, tmp_path):
