@@ -225,7 +225,11 @@ def emotion_map(doc: dict, path: str | Path, title: str = "") -> Path:
     ax.set_ylabel(f"PC2 ({ev[1]:.0%})" + (f"; r with arousal = {doc['pc2_arousal_r']:.2f}" if doc.get("pc2_arousal_r") is not None else ""))
     ax.axhline(0, color="0.85", lw=0.8, zorder=0)
     ax.axvline(0, color="0.85", lw=0.8, zorder=0)
-    ax.set_title(title or "Emotion vectors, PCA")
+    nc = doc.get("named") or {}
+    sub = (f"\nnamed-emotion control: its PC1 vs valence r = {nc['pc1_valence_r']:.2f}; these vectors on that axis "
+           f"r = {nc['story_on_named_pc1_r']:.2f}" if nc.get("pc1_valence_r") is not None
+           and nc.get("story_on_named_pc1_r") is not None else "")
+    ax.set_title((title or "Emotion vectors, PCA") + sub, fontsize=10 if sub else None)
     if (~known).any():
         ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
