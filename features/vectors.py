@@ -387,16 +387,17 @@ def named_vectors(lm, emotions: Sequence[str], hooks: Sequence[str], pcs: dict[s
     emotion (NAMED_TEMPLATES), with the story vectors' neutral PCs projected out. It separates
     "the model has no valence axis" from "valence is not the stories' largest direction": on the
     embedded model, PC1 of these follows valence (r 0.92 at layer 15) while PC1 of the story
-    vectors does not (r 0.16; README, "Read it honestly"). Every kept token counts (no `skip_tokens`: the sentences
-    are a few tokens long and the word sits near the start)."""
+    vectors does not (r 0.16; README, "Read it honestly"). Every kept token counts (no
+    `skip_tokens`: the sentences are a few tokens long and the word sits near the start)."""
     texts = [t.format(w=e) for e in emotions for t in NAMED_TEMPLATES]
     words = [e for e in emotions for _ in NAMED_TEMPLATES]
     sums = sums_streamed(lm, texts, np.zeros(len(texts), dtype=bool), list(hooks), 0, outlier_mult, batch_tokens)
     return {h: make_vectors(sums[h].means, words, emotions, pcs[h]) for h in hooks}
 
 
-def load_named(path: str | Path, key: str) -> torch.Tensor | None:
-    """The named-emotion control vectors at file key `key` from a vectors dir or run, or None."""
+def load_named(path: str | Path, key: str, emotions: Sequence[str]) -> torch.Tensor | None:
+    """The named-emotion control vectors at file key `key` from a vectors dir or run, or None
+    (absent, or made for another emotion list: then with a warning)."""
     from safetensors import safe_open
 
     p = Path(path).expanduser()
@@ -404,7 +405,12 @@ def load_named(path: str | Path, key: str) -> torch.Tensor | None:
     if not f_path.exists():
         return None
     with safe_open(str(f_path), "pt") as f:
-        return f.get_tensor(key).float() if key in f.keys() else None
+        if key not in f.keys():
+            return None
+        if json.loads((f.metadata() or {}).get("emotions", "null")) != list(emotions):
+            log.warning("%s lists other emotions than the vectors beside it; ignored (recompute with `emosae vectors`)", f_path)
+            return None
+        return f.get_tensor(key).float()
 
 
 # --- files --------------------------------------------------------------------------------------

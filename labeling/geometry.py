@@ -253,7 +253,7 @@ def run_geometry(source: str | Path, layer: int | None = None, norms: str | Path
         raise UserError(f"{source} does not exist; give a run directory or a vectors directory")
     emotions, tensors, info = load_vector_set(src)
     key = _pick_key(src, tensors, info, layer)
-    named = load_named(src, key)
+    named = load_named(src, key, emotions)
     doc = geometry(emotions, tensors[key].numpy(), read_norms(norms) if norms else None, str(norms) if norms else None,
                    named.numpy() if named is not None else None)
     out_dir = Path(out) if out else src

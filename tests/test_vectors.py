@@ -151,8 +151,9 @@ def test_named_control_vectors(lm, result, tmp_path):
     assert (by_hand * v).sum(1).min() > 0.999
     result.save(tmp_path / "v")
     assert (tmp_path / "v" / NAMED_FILE).exists()
-    assert torch.equal(load_named(tmp_path / "v", "layer_3"), v)
-    assert load_named(tmp_path / "v", "layer_9") is None
+    assert torch.equal(load_named(tmp_path / "v", "layer_3", EMOS), v)
+    assert load_named(tmp_path / "v", "layer_9", EMOS) is None
+    assert load_named(tmp_path / "v", "layer_3", EMOS[::-1]) is None  # made for another emotion order
     info = json.loads((tmp_path / "v" / "vectors.json").read_text())
     assert info["named_vectors"]["templates"] == list(NAMED_TEMPLATES)
     # without the control, a stale file from an earlier computation is removed
@@ -161,7 +162,7 @@ def test_named_control_vectors(lm, result, tmp_path):
         result.save(tmp_path / "v")
     finally:
         result.named = named
-    assert not (tmp_path / "v" / NAMED_FILE).exists() and load_named(tmp_path / "v", "layer_3") is None
+    assert not (tmp_path / "v" / NAMED_FILE).exists() and load_named(tmp_path / "v", "layer_3", EMOS) is None
 
 
 def _neutral_sums(lm, hook):
