@@ -51,11 +51,12 @@ def screened_targets(run: Path, labels: dict, lm) -> tuple[list[tuple[str, str]]
     fallback = clamp_targets(labels)
     chosen = {e for e, v in (labels.get("emotions") or {}).items() if v}
     targets, emotions, docs = [], [], []
+    baselines: dict = {}  # both groups screen on the same prompts: one baseline
     for group, sign in zip(CLAMP_TARGETS, CLAMP_SIGNS):
         emos = [e for e in group if e in chosen]
         if not emos:
             continue
-        doc = screen(run, emos, sign, samples=SCREEN_SAMPLES, lm=lm)  # the screen's strength and pairs
+        doc = screen(run, emos, sign, samples=SCREEN_SAMPLES, lm=lm, baselines=baselines)  # its strength and pairs
         docs.append(doc)
         if doc["pick"] is not None:
             targets.append((target_name(doc["pick"]), doc["pick_strength"]))

@@ -79,8 +79,10 @@ def pick(rows: list[dict], sign: int, max_ppl_ratio: float = MAX_PPL_RATIO) -> d
 
 def screen(run_dir: str | Path, emotions: Sequence[str], sign: int, strength: str = DEFAULT_STRENGTH,
            top: int = 3, aligned: int = 2, prompts: str | Path | Sequence[str] | None = None, samples: int = 4,
-           max_ppl_ratio: float = MAX_PPL_RATIO, pairs: int = DEFAULT_PAIRS, lm=None, **sweep_kw) -> dict:
-    """Screen the candidates of `emotions` at `strength` (set mode), then pairs of the `pairs` best;
+           max_ppl_ratio: float = MAX_PPL_RATIO, pairs: int = DEFAULT_PAIRS, lm=None, baselines: dict | None = None,
+           **sweep_kw) -> dict:
+    """Screen the candidates of `emotions` at `strength` (set mode), then pairs of the `pairs` best,
+    all against one baseline (`baselines`: pass one dict to several screens to share it too);
     {"emotions", "sign", "strength", "candidates": [{feature (int, or [a, b] for a pair), why,
     emotion, strength, delta, ppl_ratio, ...}], "pick": feature | [a, b] | None, "pick_strength",
     "settings"}."""
@@ -100,7 +102,7 @@ def screen(run_dir: str | Path, emotions: Sequence[str], sign: int, strength: st
     if pairs == 1 or pairs < 0:
         raise UserError(f"pairs must be 0 (singles only) or >= 2, not {pairs}")
     kw = dict(prompts=prompts or SCREEN_PROMPTS, samples=samples, control="none", out_dir=False, examples=0, kl=False,
-              **sweep_kw)
+              baselines={} if baselines is None else baselines, **sweep_kw)
     results = run_sweeps(run, [str(f) for f, _ in cands], ["0", strength], lm=lm, **kw)
     rows = [_row(feature, why, why.split()[0], res) for (feature, why), res in zip(cands, results)]
     if pairs:

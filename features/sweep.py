@@ -133,7 +133,8 @@ def run_sweeps(run_dir: str | Path, targets: Sequence[Any], strengths: Sequence 
                control_directions: int = 8, lm=None,
                model: str | None = None, device: str | None = None, out_dir: str | Path | None = None,
                batch_size: int = 128, chat: bool | None = None, examples: int = 3,
-               target_strengths: Sequence[Sequence | str] | None = None, kl: bool = True) -> list[dict]:
+               target_strengths: Sequence[Sequence | str] | None = None, kl: bool = True,
+               baselines: dict | None = None) -> list[dict]:
     """Sweep each target over `strengths` (e.g. "-0.1r,0,0.1r") on prompts x samples, one shared
     baseline. control: "all" (a random-direction run at every non-zero strength), "max" (at the
     largest |strength| of each sign) or "none"; control_kind "direction" (isotropic) or "feature"
@@ -144,7 +145,10 @@ def run_sweeps(run_dir: str | Path, targets: Sequence[Any], strengths: Sequence 
     (default RUN/sweeps/) and returns one dict per target with "rows" (one per strength).
     target_strengths: one strength list per target, in place of `strengths` (e.g. pairs screened at
     their own per-feature strength), still against the one shared baseline. kl=False skips the
-    KL (a second, steered forward per row; screening only needs the perplexity)."""
+    KL (a second, steered forward per row; screening only needs the perplexity). baselines: a dict
+    shared by several calls on one model (screening calls this once per candidate group): a baseline
+    with the same prompt ids, seeds and generation settings is taken from it, not generated again
+    (generation is seeded per row, so it would come out the same)."""
     from features.clamp import clamp, load_run
     from features.clamp_cli import load_prompt_file
     from features.generation import format_prompts, generate, score, tokenize_prompts
@@ -186,9 +190,15 @@ def run_sweeps(run_dir: str | Path, targets: Sequence[Any], strengths: Sequence 
     log.info("sweep: %d prompts x %d samples, strengths %s", len(prompt_texts), samples,
              "; ".join(", ".join(str(s) for s in x) for x in dict.fromkeys(tuple(x) for x in per_target)))
 
-    base = generate(lm.model, lm.tokenizer, row_ids, seeds, progress="baseline", **gen_kw)
-    base_vader = vader_scores(base.texts)
-    base_scores = score(lm.model, lm.tokenizer, base, batch_size=batch_size // 2 or 1)
+    key = (id(lm.model), tuple(map(tuple, row_ids)), tuple(seeds), tuple(sorted(gen_kw.items())))
+    if baselines is not None and key in baselines:
+        base, base_vader, base_scores = baselines[key]
+    else:
+        base = generate(lm.model, lm.tokenizer, row_ids, seeds, progress="baseline", **gen_kw)
+        base_vader = vader_scores(base.texts)
+        base_scores = score(lm.model, lm.tokenizer, base, batch_size=batch_size // 2 or 1)
+        if baselines is not None:
+            baselines[key] = (base, base_vader, base_scores)
     base_ppl = _ppl(base_scores)
     settings = {"prompts": len(prompt_texts), "samples": samples, "seed": seed, "scope": scope,
                 "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,

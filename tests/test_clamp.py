@@ -443,6 +443,33 @@ def test_sweep_feature_groups_and_control_directions(lm, run, assets, tmp_path):
         run_sweeps(run, ["happy"], "0,0.1r", prompts=["a"], samples=1, lm=lm, out_dir=tmp_path, control_directions=0)
 
 
+def test_sweeps_share_a_baseline_through_the_baselines_dict(lm, run, monkeypatch):
+    """Screening calls run_sweeps several times on one prompt set: with a shared `baselines` dict
+    the baseline is generated once, and every number comes out as if it were generated each time."""
+    import features.generation
+    from features.sweep import run_sweeps
+
+    real, progress = features.generation.generate, []
+
+    def counting(*a, **kw):
+        progress.append(kw.get("progress"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(features.generation, "generate", counting)
+    kw = dict(prompts=["Describe your room.", "Write about rain."], samples=2, max_new_tokens=5, lm=lm,
+              out_dir=False, control="none", kl=False)
+    fresh = run_sweeps(run, ["happy", "sad"], "0,0.2r", **kw) + run_sweeps(run, ["7"], "0,0.2r", **kw)
+    assert progress.count("baseline") == 2
+    progress.clear()
+    shared: dict = {}
+    reused = run_sweeps(run, ["happy", "sad"], "0,0.2r", baselines=shared, **kw) + \
+        run_sweeps(run, ["7"], "0,0.2r", baselines=shared, **kw)
+    assert progress.count("baseline") == 1 and len(shared) == 1
+    assert [r["rows"] for r in reused] == [r["rows"] for r in fresh]
+    run_sweeps(run, ["7"], "0,0.2r", baselines=shared, **{**kw, "samples": 1})  # other rows: a new baseline
+    assert progress.count("baseline") == 2 and len(shared) == 2
+
+
 # --- screening candidates for steering -------------------------------------------------------------
 def test_screen_candidates_and_pick_rule():
     from features.screen import candidates, pick
