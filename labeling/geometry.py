@@ -89,8 +89,9 @@ def named_control(emotions: Sequence[str], vectors: np.ndarray, named: np.ndarra
     `story_on_named_pc1_r` is r of the story vectors' projections on that axis with valence (its
     sign is meaningful: positive means the stories agree with the words), and
     `story_pc1_cosine` is |cos| between the two PC1 directions."""
+    named = np.asarray(named, np.float64)
     axis = top_axis(named)
-    scores = (np.asarray(named, np.float64) - np.asarray(named, np.float64).mean(0)) @ axis
+    scores = (named - named.mean(0)) @ axis
     c = correlate(scores, emotions, vader, "valence", "vader", 1)
     if c.r is not None and c.r < 0:
         axis, c.r = -axis, -c.r
