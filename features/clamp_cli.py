@@ -52,7 +52,7 @@ def read_prompts(prompts: list[str] | None, input_file: str | None) -> list[str]
 
 def load_prompt_file(path: str | Path) -> list[str]:
     """Prompts from a JSONL file: {"prompt": ...} (or {"text": ...}, or a bare JSON string) per line."""
-    from labeling.corpus import read_jsonl  # the one JSONL reader: file:line errors, UTF-8 checks
+    from sae.io import read_jsonl  # the one JSONL reader: file:line errors, UTF-8 checks
 
     p = Path(path).expanduser()
     if not p.is_file():

@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import importlib
+
+from sae.cli import register_modules
 
 MODULES = ("features.stats", "features.vectors", "features.monitor", "features.clamp_cli", "features.demo",
            "features.sweep", "features.screen", "features.browser")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    for name in MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name:
-                continue
-            raise
-        module.register(sub)
+    register_modules(sub, MODULES)

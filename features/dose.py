@@ -17,7 +17,7 @@ HIGHLIGHT = ("afraid", "calm", "terrified", "nervous", "desperate", "peaceful")
 
 def load_templates(path: str | Path | None = None) -> list[dict]:
     """Template rows: {name, parameter, unit, template with {value}, values, expect, control}."""
-    from labeling.corpus import read_jsonl
+    from sae.io import read_jsonl
 
     rows = read_jsonl(path or TEMPLATES, required=("name", "template", "values"))
     for r in rows:

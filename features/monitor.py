@@ -214,7 +214,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _cli(args: argparse.Namespace) -> int:
     import sys
 
-    from labeling.corpus import read_jsonl
+    from sae.io import read_jsonl
 
     rows = read_jsonl(args.input, required=())
     emotions = args.emotions.split(",") if args.emotions else None

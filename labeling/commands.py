@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import importlib
+
+from sae.cli import register_modules
 
 MODULES = ("labeling.stories", "labeling.label", "labeling.geometry", "labeling.explain")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    for name in MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name:
-                continue
-            raise
-        module.register(sub)
+    register_modules(sub, MODULES)

@@ -13,37 +13,11 @@ from functools import lru_cache
 from pathlib import Path
 
 from sae.errors import UserError
+from sae.io import read_jsonl
 
 DATA = Path(__file__).parent / "data"
 NEUTRAL = "neutral"
 _WORD = re.compile(r"[a-z']+")
-
-
-def read_jsonl(path: str | Path, required: tuple[str, ...] = ("text",)) -> list[dict]:
-    """Rows of a JSONL file; a malformed line is a UserError naming file and line."""
-    rows = []
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path} does not exist")
-    with open(path, "rb") as f:
-        for i, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise UserError(f"{path}:{i}: not UTF-8 text; re-encode the file as UTF-8") from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{i}: malformed JSON ({e.msg}); fix or remove that line") from None
-            missing = [k for k in required if not isinstance(row, dict) or k not in row]
-            if missing:
-                raise UserError(f"{path}:{i}: missing field(s) {', '.join(missing)}")
-            rows.append(row)
-    if not rows:
-        raise UserError(f"{path} holds no rows")
-    return rows
 
 
 def load_corpus(path: str | Path | None = None, split: str | None = None) -> list[dict]:

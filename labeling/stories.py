@@ -11,8 +11,9 @@ import logging
 import re
 from pathlib import Path
 
+from labeling.corpus import DATA, NEUTRAL, find_forbidden
 from sae.errors import UserError
-from labeling.corpus import DATA, NEUTRAL, find_forbidden, read_jsonl
+from sae.io import read_jsonl
 
 log = logging.getLogger("emosae")
 

@@ -28,7 +28,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emosae", description="Find, label, browse and clamp emotion features with SAEs.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    for name in VERB_MODULES:
+    register_modules(sub, VERB_MODULES)
+    return parser
+
+
+def register_modules(sub: argparse._SubParsersAction, names: tuple[str, ...]) -> None:
+    """Let each named module add its verbs (`module.register(sub)`); a module that is not there is
+    skipped, an import error inside one is not hidden."""
+    for name in names:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as e:
@@ -36,7 +43,6 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(sub)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,6 @@ those of the document run alone. Batches are sized by a token budget."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -15,26 +14,9 @@ from typing import Iterable, Iterator
 import torch
 
 from sae.errors import UserError
+from sae.io import iter_jsonl
 
 LOCAL_SUFFIXES = {".jsonl": "json", ".json": "json", ".txt": "text", ".parquet": "parquet"}
-
-
-def _check_jsonl(path: Path, text_field: str) -> None:
-    """Give the user the file and line of a malformed record (datasets' own error does not)."""
-    with open(path, "rb") as f:
-        for i, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise UserError(f"{path}:{i}: not UTF-8 text; re-encode the file as UTF-8") from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{i}: malformed JSON ({e.msg}); fix or remove that line") from None
-            if not isinstance(row, dict) or text_field not in row:
-                raise UserError(f"{path}:{i}: no {text_field!r} field; set data.text_field to the field holding the text")
 
 
 def _check_txt(path: Path) -> None:
@@ -62,7 +44,8 @@ def iter_texts(source: str, text_field: str = "text", split: str = "train",
         kind = LOCAL_SUFFIXES[_suffix(files[0])]
         for p in files:
             if _suffix(p) == ".jsonl" and not p.name.endswith(".gz"):
-                _check_jsonl(p, text_field)
+                for _ in iter_jsonl(p, (text_field,), "set data.text_field to the field holding the text"):
+                    pass  # datasets' own error names no file or line
             elif kind == "text":
                 _check_txt(p)
         if kind == "text":

@@ -1,4 +1,5 @@
-"""Atomic file writes: a stage never leaves a half-written file behind (temp file + rename)."""
+"""File reading and writing every stage shares: atomic writes (a stage never leaves a half-written
+file behind: temp file + rename) and the one JSONL reader (file:line errors for bad input)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+from sae.errors import UserError
 
 
 @contextlib.contextmanager
@@ -41,3 +44,37 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 2)
 
 def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def iter_jsonl(path: str | os.PathLike, required: tuple[str, ...] = ("text",), hint: str = "") -> Iterator[dict]:
+    """Rows of a JSONL file, streamed; a bad line is a UserError naming file and line (and `hint`,
+    the fix, when a required field is missing)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path} does not exist")
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise UserError(f"{path}:{i}: not UTF-8 text; re-encode the file as UTF-8") from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{i}: malformed JSON ({e.msg}); fix or remove that line") from None
+            if not isinstance(row, dict):
+                raise UserError(f"{path}:{i}: not a JSON object; each line must be one {{...}} record")
+            missing = [k for k in required if k not in row]
+            if missing:
+                raise UserError(f"{path}:{i}: missing field(s) {', '.join(missing)}" + (f"; {hint}" if hint else ""))
+            yield row
+
+
+def read_jsonl(path: str | os.PathLike, required: tuple[str, ...] = ("text",)) -> list[dict]:
+    """All rows of a JSONL file that must hold some."""
+    rows = list(iter_jsonl(path, required))
+    if not rows:
+        raise UserError(f"{path} holds no rows")
+    return rows

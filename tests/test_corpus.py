@@ -7,9 +7,9 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from labeling.corpus import (DATA, NEUTRAL, cluster_mates, emotions, find_forbidden, load_corpus, read_jsonl,
-                             topics)
+from labeling.corpus import DATA, NEUTRAL, cluster_mates, emotions, find_forbidden, load_corpus, topics
 from sae.errors import UserError
+from sae.io import read_jsonl
 
 ISSUE_EMOTIONS = ["happy", "sad", "afraid", "angry", "disgusted", "surprised", "calm", "desperate", "loving",
                   "guilty", "proud", "ashamed", "nervous", "grateful", "lonely", "excited", "content", "bored",

@@ -103,8 +103,9 @@ def test_text_sources(tmp_path):
 
 @pytest.mark.parametrize("content,match", [
     (b'{"text": "ok"}\n{oops\n', r"bad.jsonl:2: malformed JSON"),
-    (b'{"text": "ok"}\n{"body": "x"}\n', r"bad.jsonl:2: no 'text' field"),
+    (b'{"text": "ok"}\n{"body": "x"}\n', r"bad.jsonl:2: missing field\(s\) text; set data.text_field"),
     (b'{"text": "caf\xe9"}\n', r"bad.jsonl:1: not UTF-8"),
+    (b'{"text": "ok"}\n["text"]\n', r"bad.jsonl:2: not a JSON object"),
     (b"\n\n", r"holds no text"),
 ])
 def test_bad_jsonl_is_a_clear_error(tmp_path, content, match):
