@@ -182,7 +182,9 @@ def run_demo(run_dir: str | Path = "runs/demo", fresh: bool = False, overrides: 
     export_dir = run / "browser"
     _step("browser export", (export_dir / "index.html").exists(), lambda: export_site(run, export_dir), timings)
 
-    summary = _summary(run, metrics, read_labels(run), geo, dose, clamp_results, export_dir, timings)  # after "aligned" was merged
+    vec_held = (read_json(run / "vectors" / "vectors.json").get("heldout") or {}).get(str(layer)) or {}
+    summary = _summary(run, metrics, read_labels(run), vec_held, geo, dose, clamp_results, export_dir,
+                       timings)  # after "aligned" was merged
     write_json_atomic(summary_path, summary)
     return summary
 
@@ -194,14 +196,15 @@ def _rho(dose: dict, emotion: str, kind: str = "features") -> float | None:
     return None
 
 
-def _summary(run: Path, metrics: dict, labels: dict, geo: dict, dose: dict, clamp_results: list, export_dir: Path,
-             timings: dict) -> dict:
+def _summary(run: Path, metrics: dict, labels: dict, vec_held: dict, geo: dict, dose: dict, clamp_results: list,
+             export_dir: Path, timings: dict) -> dict:
     held = labels.get("heldout") or {}
     per = held.get("per_emotion") or {}
     n_ok = held.get("n_at_threshold")
     if n_ok is None:
         n_ok = sum(1 for v in per.values() if (v.get("auroc") or 0) >= 0.9)
     aligned_held = ((labels.get("aligned_summary") or {}).get("heldout") or {})
+    ceiling = held.get("ceiling") or {}
     clamp = {}
     for res in clamp_results:
         rows = [r for r in res.get("rows", []) if r.get("strength") not in ("0", "0.0")]
@@ -219,6 +222,8 @@ def _summary(run: Path, metrics: dict, labels: dict, geo: dict, dose: dict, clam
         "macro_auroc": held.get("macro_auroc"),
         "null_macro_auroc": (labels.get("null") or {}).get("heldout_macro_auroc_mean"),
         "aligned_n_auroc_ge_0_9": aligned_held.get("n_at_threshold"), "aligned_macro_auroc": aligned_held.get("macro_auroc"),
+        "vectors_n_auroc_ge_0_9": vec_held.get("n_at_threshold"), "vectors_macro_auroc": vec_held.get("macro_auroc"),
+        "ceiling_n_auroc_ge_0_9": ceiling.get("n_at_threshold"), "ceiling_macro_auroc": ceiling.get("macro_auroc"),
         "pc1_valence_r": geo.get("pc1_valence_r"), "pc1_valence_n": geo.get("n"),
         "named_pc1_valence_r": (geo.get("named") or {}).get("pc1_valence_r"),
         "story_on_named_pc1_r": (geo.get("named") or {}).get("story_on_named_pc1_r"),
@@ -238,6 +243,9 @@ def format_table(s: dict) -> str:
         f"  SAE            FVE {f(s['fve'])}   L0 {f(s['l0'], '.1f')}   dead {f(s['dead'])}   CE-loss score {f(s['ce_loss_score'])}",
         f"  labels         {f(s['n_auroc_ge_0_9'], 'd')}/{f(s['n_emotions'], 'd')} emotions with held-out AUROC >= 0.9"
         f"   macro {f(s['macro_auroc'])}   (shuffled-label null {f(s['null_macro_auroc'])})",
+        f"  same, for      emotion vectors {f(s.get('vectors_n_auroc_ge_0_9'), 'd')} (macro {f(s.get('vectors_macro_auroc'))});"
+        f" best-aligned features {f(s.get('aligned_n_auroc_ge_0_9'), 'd')} ({f(s.get('aligned_macro_auroc'))});"
+        f" ceiling {f(s.get('ceiling_n_auroc_ge_0_9'), 'd')} ({f(s.get('ceiling_macro_auroc'))}, best feature picked on held-out)",
         f"  geometry       PC1 vs valence r = {f(s['pc1_valence_r'])} (n = {f(s['pc1_valence_n'], 'd')});"
         f" named-emotion control: PC1 r = {f(s.get('named_pc1_valence_r'))}, stories on it r = {f(s.get('story_on_named_pc1_r'))}",
         f"  dose           acetaminophen: afraid rho {f(s['afraid_dose_rho'])}, calm rho {f(s['calm_dose_rho'])} (feature);"

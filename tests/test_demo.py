@@ -12,7 +12,9 @@ LABELS = {
     "emotions": {"happy": [{"feature": 1}], "blissful": [{"feature": 2}], "sad": [{"feature": 3}], "afraid": []},
     "heldout": {"per_emotion": {"happy": {"feature": 1, "auroc": 0.7}, "blissful": {"feature": 2, "auroc": 0.95},
                                 "sad": {"feature": 3, "auroc": 0.6}},
-                "n_at_threshold": 1, "macro_auroc": 0.75},
+                "n_at_threshold": 1, "macro_auroc": 0.75,
+                "ceiling": {"n_at_threshold": 2, "macro_auroc": 0.88}},
+    "aligned_summary": {"heldout": {"n_at_threshold": 0, "macro_auroc": 0.66}},
     "null": {"heldout_macro_auroc_mean": 0.51},
 }
 
@@ -31,6 +33,7 @@ def test_summary_has_the_documented_keys_and_table(tmp_path: Path):
                                                              "vectors": {"afraid": 0.5, "calm": -0.4}}},
                           {"name": "pages", "control": True, "rho": {"features": {"afraid": 0.1}}}]}
     s = _summary(tmp_path, {"fve": 0.8, "l0": 32.0, "dead": 0.01, "ce_loss_score": 0.97}, LABELS,
+                 {"n_at_threshold": 3, "macro_auroc": 0.93},
                  {"pc1_valence_r": 0.5, "n": 26, "named": {"pc1_valence_r": 0.91, "story_on_named_pc1_r": 0.66}},
                  dose, clamp, tmp_path / "browser", {"train": 1.0})
     for key in ("run_dir", "fve", "l0", "dead", "ce_loss_score", "n_auroc_ge_0_9", "n_emotions", "pc1_valence_r",
@@ -42,6 +45,9 @@ def test_summary_has_the_documented_keys_and_table(tmp_path: Path):
     table = format_table(s)
     assert "1/3 emotions" in table and "clamp blissful" in table and "+0.310" in table
     assert s["named_pc1_valence_r"] == 0.91 and "PC1 r = 0.910, stories on it r = 0.660" in table
+    # the acceptance's comparison: vectors, best-aligned features, and what the dictionary allows at best
+    assert (s["vectors_n_auroc_ge_0_9"], s["aligned_n_auroc_ge_0_9"], s["ceiling_n_auroc_ge_0_9"]) == (3, 0, 2)
+    assert "emotion vectors 3 (macro 0.930); best-aligned features 0 (0.660); ceiling 2 (0.880" in table
 
 
 def test_screened_targets_take_the_screen_pick_else_the_best_detector(monkeypatch, tmp_path: Path):
@@ -67,6 +73,6 @@ def test_screened_targets_take_the_screen_pick_else_the_best_detector(monkeypatc
 def test_summary_table_names_a_clamped_pair(tmp_path: Path):
     clamp = [{"emotion": "sad", "feature": [7, 9], "rows": [
         {"strength": "0", "delta": 0.0}, {"strength": "0.1342r", "delta": -0.4, "delta_lo": -0.5, "delta_hi": -0.3}]}]
-    s = _summary(tmp_path, {}, LABELS, {}, {}, clamp, tmp_path / "browser", {})
+    s = _summary(tmp_path, {}, LABELS, {}, {}, {}, clamp, tmp_path / "browser", {})
     assert s["clamp"]["sad"]["feature"] == [7, 9]
     assert "clamp sad      features 7+9 at 0.1342r: VADER -0.400" in format_table(s)

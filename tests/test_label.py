@@ -122,6 +122,27 @@ def test_labels_json(labeled):
     assert (run / "labeling").is_dir() and list((run / "labeling").glob("passage_acts_*.safetensors"))
 
 
+def test_dictionary_ceiling_is_the_best_heldout_feature(labeled):
+    """The ceiling is a brute-force max over every feature's held-out AUROC, never below the chosen one's."""
+    from labeling.aurocs import auroc, split_masks
+    from labeling.label import LabelSettings, score_rows
+
+    run, corpus, summary, rows = labeled
+    held = summary["heldout"]
+    ceiling = held["ceiling"]
+    scores, _ = score_rows(run, rows, LabelSettings())
+    he = np.array([r["split"] == "heldout" for r in rows])
+    y = np.array([r["emotion"] for r in rows])[he]
+    assert set(ceiling["per_emotion"]) == set(held["per_emotion"])
+    for e, c in ceiling["per_emotion"].items():
+        pos, neg, _ = split_masks(y, e)
+        every = auroc(scores[he][pos], scores[he][neg])
+        assert c["auroc"] == round(float(np.nanmax(every)), 4) and every[c["feature"]] == np.nanmax(every)
+        assert c["auroc"] >= held["per_emotion"][e]["auroc"]
+    vals = [c["auroc"] for c in ceiling["per_emotion"].values()]
+    assert ceiling["n_at_threshold"] == sum(v >= 0.9 for v in vals)
+
+
 def test_eval_file_shape(labeled, lm, tmp_path):
     from labeling.label import eval_file
 
