@@ -238,14 +238,15 @@ def _summary(run: Path, metrics: dict, labels: dict, vec_held: dict, geo: dict, 
 def format_table(s: dict) -> str:
     def f(v, spec=".3f"):
         return "-" if v is None else format(v, spec) if isinstance(v, (int, float)) else str(v)
+    n = f(s['n_emotions'], 'd')
     lines = [
         "emosae demo summary",
         f"  SAE            FVE {f(s['fve'])}   L0 {f(s['l0'], '.1f')}   dead {f(s['dead'])}   CE-loss score {f(s['ce_loss_score'])}",
         f"  labels         {f(s['n_auroc_ge_0_9'], 'd')}/{f(s['n_emotions'], 'd')} emotions with held-out AUROC >= 0.9"
         f"   macro {f(s['macro_auroc'])}   (shuffled-label null {f(s['null_macro_auroc'])})",
-        f"  same, for      emotion vectors {f(s.get('vectors_n_auroc_ge_0_9'), 'd')} (macro {f(s.get('vectors_macro_auroc'))});"
-        f" best-aligned features {f(s.get('aligned_n_auroc_ge_0_9'), 'd')} ({f(s.get('aligned_macro_auroc'))});"
-        f" ceiling {f(s.get('ceiling_n_auroc_ge_0_9'), 'd')} ({f(s.get('ceiling_macro_auroc'))}, best feature picked on held-out)",
+        f"  compare        emotion vectors {f(s.get('vectors_n_auroc_ge_0_9'), 'd')}/{n}, macro {f(s.get('vectors_macro_auroc'))};"
+        f" best-aligned features {f(s.get('aligned_n_auroc_ge_0_9'), 'd')}/{n}, {f(s.get('aligned_macro_auroc'))};"
+        f" ceiling {f(s.get('ceiling_n_auroc_ge_0_9'), 'd')}/{n}, {f(s.get('ceiling_macro_auroc'))} (best feature picked on held-out)",
         f"  geometry       PC1 vs valence r = {f(s['pc1_valence_r'])} (n = {f(s['pc1_valence_n'], 'd')});"
         f" named-emotion control: PC1 r = {f(s.get('named_pc1_valence_r'))}, stories on it r = {f(s.get('story_on_named_pc1_r'))}",
         f"  dose           acetaminophen: afraid rho {f(s['afraid_dose_rho'])}, calm rho {f(s['calm_dose_rho'])} (feature);"

@@ -47,7 +47,7 @@ def test_summary_has_the_documented_keys_and_table(tmp_path: Path):
     assert s["named_pc1_valence_r"] == 0.91 and "PC1 r = 0.910, stories on it r = 0.660" in table
     # the acceptance's comparison: vectors, best-aligned features, and what the dictionary allows at best
     assert (s["vectors_n_auroc_ge_0_9"], s["aligned_n_auroc_ge_0_9"], s["ceiling_n_auroc_ge_0_9"]) == (3, 0, 2)
-    assert "emotion vectors 3 (macro 0.930); best-aligned features 0 (0.660); ceiling 2 (0.880" in table
+    assert "emotion vectors 3/3, macro 0.930; best-aligned features 0/3, 0.660; ceiling 2/3, 0.880 (" in table
 
 
 def test_screened_targets_take_the_screen_pick_else_the_best_detector(monkeypatch, tmp_path: Path):
