@@ -27,6 +27,7 @@ DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo-cpu.yaml"
 CLAMP_TARGETS = (("happy", "blissful"), ("sad", "afraid"))
 CLAMP_SIGNS = (1, -1)
 SCREEN_SAMPLES = 2  # per screening prompt: enough to rank candidates, kept small for the demo's time
+SCREEN_TOP, SCREEN_ALIGNED = 3, 2  # candidates per emotion: narrower than `emosae screen` (5, 3) to keep the demo near 15 min
 
 
 def clamp_targets(labels: dict) -> list[str]:
@@ -56,7 +57,8 @@ def screened_targets(run: Path, labels: dict, lm) -> tuple[list[tuple[str, str]]
         emos = [e for e in group if e in chosen]
         if not emos:
             continue
-        doc = screen(run, emos, sign, samples=SCREEN_SAMPLES, lm=lm, baselines=baselines)  # its strength and pairs
+        doc = screen(run, emos, sign, top=SCREEN_TOP, aligned=SCREEN_ALIGNED, samples=SCREEN_SAMPLES, lm=lm,
+                     baselines=baselines)  # its strength and pairs
         docs.append(doc)
         if doc["pick"] is not None:
             targets.append((target_name(doc["pick"]), doc["pick_strength"]))

@@ -31,9 +31,15 @@ SCREEN_PROMPTS = Path(__file__).resolve().parent.parent / "labeling" / "data" / 
 DEFAULT_STRENGTH = "0.2r"
 DEFAULT_PAIRS = 3  # pairs of the 3 best singles: both demo groups steered best with a pair
 MAX_PPL_RATIO = 3.0
+# Candidates per emotion. Labels whose train AUROCs are near-ties swap rank between SAEs trained on
+# different CPUs, so a narrow list can miss the best lever: on one demo SAE, 3 labeled + 2 aligned
+# missed happy's #5 (2938) and the eval sweep of the pick gave +0.30; 5 + 3 found 2938+3961, +0.45.
+DEFAULT_TOP = 5
+DEFAULT_ALIGNED = 3
 
 
-def candidates(labels: dict, emotions: Sequence[str], top: int = 3, aligned: int = 2) -> list[tuple[int, str]]:
+def candidates(labels: dict, emotions: Sequence[str], top: int = DEFAULT_TOP,
+               aligned: int = DEFAULT_ALIGNED) -> list[tuple[int, str]]:
     """[(feature, why)] in order: each emotion's `top` labeled features, then its `aligned`
     best decoder-aligned ones; a feature named twice is screened once."""
     ranked, near = labels.get("emotions") or {}, labels.get("aligned") or {}
@@ -78,7 +84,7 @@ def pick(rows: list[dict], sign: int, max_ppl_ratio: float = MAX_PPL_RATIO) -> d
 
 
 def screen(run_dir: str | Path, emotions: Sequence[str], sign: int, strength: str = DEFAULT_STRENGTH,
-           top: int = 3, aligned: int = 2, prompts: str | Path | Sequence[str] | None = None, samples: int = 4,
+           top: int = DEFAULT_TOP, aligned: int = DEFAULT_ALIGNED, prompts: str | Path | Sequence[str] | None = None, samples: int = 4,
            max_ppl_ratio: float = MAX_PPL_RATIO, pairs: int = DEFAULT_PAIRS, lm=None, baselines: dict | None = None,
            **sweep_kw) -> dict:
     """Screen the candidates of `emotions` at `strength` (set mode), then pairs of the `pairs` best,
@@ -172,8 +178,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--emotions", required=True, help="comma-separated emotions whose features are candidates")
     p.add_argument("--sign", type=_sign, required=True, help="+ (raise valence) or - (lower it)")
     p.add_argument("--strength", default=DEFAULT_STRENGTH, help=f"one non-zero strength (default {DEFAULT_STRENGTH})")
-    p.add_argument("--top", type=int, default=3, help="labeled features per emotion")
-    p.add_argument("--aligned", type=int, default=2, help="decoder-aligned features per emotion")
+    p.add_argument("--top", type=int, default=DEFAULT_TOP, help=f"labeled features per emotion (default {DEFAULT_TOP})")
+    p.add_argument("--aligned", type=int, default=DEFAULT_ALIGNED,
+                   help=f"decoder-aligned features per emotion (default {DEFAULT_ALIGNED})")
     p.add_argument("--prompts", default=None, help=f"JSONL with a \"prompt\" per line (default: the shipped {SCREEN_PROMPTS.name})")
     p.add_argument("--samples", type=int, default=4)
     p.add_argument("--max-ppl-ratio", type=float, default=MAX_PPL_RATIO)

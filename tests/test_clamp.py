@@ -480,6 +480,9 @@ def test_screen_candidates_and_pick_rule():
         (4, "sad label #1"), (5, "sad label #2"), (9, "sad aligned #1")]  # 5 and 4 already named
     with pytest.raises(UserError, match="no emotion 'sadd'; nearest: sad"):
         candidates(labels, ["sadd"])
+    many = {"emotions": {"sad": [{"feature": i} for i in range(10)]},
+            "aligned": {"sad": [{"feature": 100 + i} for i in range(10)]}}
+    assert [f for f, _ in candidates(many, ["sad"])] == [0, 1, 2, 3, 4, 100, 101, 102]  # defaults: 5 labeled + 3 aligned
     rows = [{"feature": 4, "delta": -0.5, "ppl_ratio": 3.5},  # strongest, but incoherent
             {"feature": 5, "delta": -0.3, "ppl_ratio": 1.8}, {"feature": 9, "delta": 0.4, "ppl_ratio": 1.2}]
     assert pick(rows, -1)["feature"] == 5 and pick(rows, +1)["feature"] == 9

@@ -57,7 +57,7 @@ def test_screened_targets_take_the_screen_pick_else_the_best_detector(monkeypatc
     calls = []
 
     def fake_screen(run, emotions, sign, **kw):
-        calls.append((tuple(emotions), sign, kw.get("samples")))
+        calls.append((tuple(emotions), sign, kw.get("samples"), kw.get("top"), kw.get("aligned")))
         if sign > 0:  # the positive group steers best with a pair; nothing steers negative
             return {"pick": [1, 40], "pick_strength": "0.14r", "candidates": [
                 {"feature": 1, "why": "blissful label #1", "emotion": "blissful"},
@@ -66,7 +66,7 @@ def test_screened_targets_take_the_screen_pick_else_the_best_detector(monkeypatc
 
     monkeypatch.setattr(features.screen, "screen", fake_screen)
     targets, emotions, docs = screened_targets(tmp_path, LABELS, lm=None)
-    assert calls == [(("happy", "blissful"), 1, 2), (("sad",), -1, 2)]  # afraid has no feature; screen's defaults
+    assert calls == [(("happy", "blissful"), 1, 2, 3, 2), (("sad",), -1, 2, 3, 2)]  # afraid has no feature; narrow screen
     assert targets == [("1+40", "0.14r"), ("sad", "0.2r")] and emotions == ["blissful", "sad"] and len(docs) == 2
 
 
