@@ -27,7 +27,7 @@ DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo-cpu.yaml"
 CLAMP_TARGETS = (("happy", "blissful"), ("sad", "afraid"))
 CLAMP_SIGNS = (1, -1)
 SCREEN_SAMPLES = 2  # per screening prompt: enough to rank candidates, kept small for the demo's time
-SCREEN_TOP, SCREEN_ALIGNED = 3, 2  # candidates per emotion: narrower than `emosae screen` (5, 3) to keep the demo near 15 min
+SCREEN_TOP, SCREEN_ALIGNED = 3, 2  # candidates per emotion: fewer than `emosae screen` (5, 3), for the demo's time
 
 
 def clamp_targets(labels: dict) -> list[str]:

@@ -84,7 +84,8 @@ def pick(rows: list[dict], sign: int, max_ppl_ratio: float = MAX_PPL_RATIO) -> d
 
 
 def screen(run_dir: str | Path, emotions: Sequence[str], sign: int, strength: str = DEFAULT_STRENGTH,
-           top: int = DEFAULT_TOP, aligned: int = DEFAULT_ALIGNED, prompts: str | Path | Sequence[str] | None = None, samples: int = 4,
+           top: int = DEFAULT_TOP, aligned: int = DEFAULT_ALIGNED,
+           prompts: str | Path | Sequence[str] | None = None, samples: int = 4,
            max_ppl_ratio: float = MAX_PPL_RATIO, pairs: int = DEFAULT_PAIRS, lm=None, baselines: dict | None = None,
            **sweep_kw) -> dict:
     """Screen the candidates of `emotions` at `strength` (set mode), then pairs of the `pairs` best,
