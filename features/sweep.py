@@ -205,8 +205,16 @@ def run_sweeps(run_dir: str | Path, targets: Sequence[Any], strengths: Sequence 
                 "chat_template": templated, "control": control, "control_seed": control_seed,
                 "control_kind": control_kind, "control_directions": control_directions,
                 "model": lm.model_id, "ci": CI_METHOD}
+    stacked: dict = {}
+    if not kl:  # screening: every target's steered rows share generate() calls (features.clamp.stack)
+        jobs = [(ti, s, dict(scope=scope, **t.clamp_kwargs(s))) for ti, (t, sl) in enumerate(zip(targets, per_target))
+                for s in sl if not s.is_zero]
+        if len(jobs) > 1:
+            outs = _generate_stacked(lm, assets, [kw for _, _, kw in jobs], row_ids, seeds, gen_kw,
+                                     progress=f"{len(jobs)} settings")
+            stacked = {(ti, s): o for (ti, s, _), o in zip(jobs, outs)}
     results = []
-    for t, strength_list in zip(targets, per_target):
+    for ti, (t, strength_list) in enumerate(zip(targets, per_target)):
         label_key = next((k for k in t.keys if not k.lstrip("-").isdigit()), None)
         emotion = label_key.split("#")[0].lower() if label_key else None
         mon = monitor_scorer(assets, lm, emotion)
@@ -221,6 +229,10 @@ def run_sweeps(run_dir: str | Path, targets: Sequence[Any], strengths: Sequence 
                    "residual_norm": _nominal_norm(edits), "n": len(rows)}
             if s.is_zero:
                 batch, vader, scores = base, base_vader, {**base_scores, "kl": [0.0] * len(rows)}
+            elif (ti, s) in stacked:
+                batch, scores = stacked[ti, s]
+                vader = vader_scores(batch.texts)
+                scores["kl"] = [float("nan")] * len(rows)
             else:
                 batch = generate(lm.model, lm.tokenizer, row_ids, seeds, progress=f"{t.name} {s}",
                                  context=lambda kw=steer_kw: clamp(lm.model, assets, **kw), **gen_kw)
@@ -316,6 +328,33 @@ def _control_run(lm, assets, steer_kw: dict, row_ids: list, seeds: list, control
             for key in sc:
                 sc[key] += out[key]
     return Batch(prompt_ids=[list(r) for r in row_ids], continuation_ids=conts, texts=texts), sc
+
+
+def _generate_stacked(lm, assets, steer_kws: list[dict], row_ids: list, seeds: list, gen_kw: dict,
+                      progress: str) -> list[tuple]:
+    """[(Batch, scores without KL)] per steer setting, the same rows and seeds for each, generated in
+    shared batches under one stacked clamp: on CPU a batch of 64 rows costs about 2.2x one of 16, so
+    screening K candidates this way is close to twice as fast as K separate calls. Each row keeps its
+    own seeded sampler and its own edits, so it comes out as if its setting had run alone."""
+    from features.clamp import clamp, stack
+    from features.generation import Batch, generate, score
+
+    n, bs = len(row_ids), gen_kw["batch_size"]
+    clamps = [clamp(lm.model, assets, **kw) for kw in steer_kws]
+    owner = [j for j in range(len(clamps)) for _ in range(n)]  # the setting of each stacked row
+    all_ids, all_seeds = list(row_ids) * len(clamps), list(seeds) * len(clamps)
+    conts, texts = [], []
+    for start in range(0, len(owner), bs):
+        block = owner[start:start + bs]
+        present = list(dict.fromkeys(block))
+        counts = [block.count(j) for j in present]
+        b = generate(lm.model, lm.tokenizer, all_ids[start:start + bs], all_seeds[start:start + bs], progress=progress,
+                     context=lambda p=present, c=counts: stack([clamps[j] for j in p], c), **gen_kw)
+        conts += b.continuation_ids
+        texts += b.texts
+    sc = score(lm.model, lm.tokenizer, Batch([list(r) for r in all_ids], conts, texts), batch_size=bs // 2 or 1)
+    return [(Batch([list(r) for r in row_ids], conts[j * n:(j + 1) * n], texts[j * n:(j + 1) * n]),
+             {k: v[j * n:(j + 1) * n] for k, v in sc.items()}) for j in range(len(clamps))]
 
 
 def _nanmean(x) -> float | None:

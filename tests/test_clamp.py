@@ -443,6 +443,56 @@ def test_sweep_feature_groups_and_control_directions(lm, run, assets, tmp_path):
         run_sweeps(run, ["happy"], "0,0.1r", prompts=["a"], samples=1, lm=lm, out_dir=tmp_path, control_directions=0)
 
 
+def test_stacked_clamp_edits_each_block_of_rows_as_its_own_clamp(lm, assets):
+    """stack([a, b], [2, 1]): rows 0-1 get a's edits, row 2 gets b's; nothing else changes."""
+    from features.clamp import stack
+
+    enc = lm.tokenizer(["Write two sentences about your morning."] * 3, return_tensors="pt")
+    a = clamp(lm.model, assets, {"happy": "0.2r"})
+    b = clamp(lm.model, assets, {"sad": "add=0.1r", "7": "0.2r"})
+    with torch.no_grad():
+        with stack([a, b], [2, 1]):
+            both = lm.model(**enc).logits
+        with a:
+            only_a = lm.model(**enc).logits
+        with b:
+            only_b = lm.model(**enc).logits
+    assert torch.allclose(both[:2], only_a[:2], rtol=1e-4, atol=1e-4)
+    assert torch.allclose(both[2], only_b[2], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(only_a[2], only_b[2], rtol=1e-4, atol=1e-4)  # the two really differ
+    with pytest.raises(ValueError, match="edits for 3 rows, the batch has 2"), torch.no_grad():
+        with stack([a, b], [2, 1]):
+            lm.model(**lm.tokenizer(["Write about rain.", "Write about snow."], return_tensors="pt"))
+    with pytest.raises(ValueError, match="per-row"):
+        stack([clamp(lm.model, assets, {"happy": "0.2r"}, random_control=[1, 2])], [2])
+
+
+def test_screening_stacks_targets_and_matches_each_target_run_alone(lm, run, monkeypatch):
+    """kl=False (screening): all targets' rows go through shared generate() calls (blocks of 6 rows
+    straddle targets here), and texts and numbers come out as when each target runs alone."""
+    import features.generation
+    from features.sweep import run_sweeps
+
+    real, progress = features.generation.generate, []
+
+    def counting(*a, **kw):
+        progress.append(kw.get("progress"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(features.generation, "generate", counting)
+    kw = dict(prompts=["Describe your room.", "Write about rain."], samples=2, max_new_tokens=6, lm=lm,
+              out_dir=False, control="none", kl=False, batch_size=6, examples=4)
+    together = run_sweeps(run, ["happy", "sad", "7"], "0,0.2r", **kw)
+    assert progress == ["baseline", "3 settings", "3 settings"]  # 12 steered rows in blocks of 6
+    alone = [run_sweeps(run, [t], "0,0.2r", **kw)[0] for t in ("happy", "sad", "7")]
+    assert [r["examples"] for r in together] == [r["examples"] for r in alone]
+    for t, a in zip(together, alone):
+        for rt, ra in zip(t["rows"], a["rows"]):
+            assert rt.keys() == ra.keys()
+            for k in rt:
+                assert rt[k] == (pytest.approx(ra[k], rel=1e-4, nan_ok=True) if isinstance(ra[k], float) else ra[k]), k
+
+
 def test_sweeps_share_a_baseline_through_the_baselines_dict(lm, run, monkeypatch):
     """Screening calls run_sweeps several times on one prompt set: with a shared `baselines` dict
     the baseline is generated once, and every number comes out as if it were generated each time."""
