@@ -467,11 +467,9 @@ def test_stacked_clamp_edits_each_block_of_rows_as_its_own_clamp(lm, assets):
         stack([clamp(lm.model, assets, {"happy": "0.2r"}, random_control=[1, 2])], [2])
 
 
-def test_screening_stacks_targets_and_matches_each_target_run_alone(lm, run, monkeypatch):
-    """kl=False (screening): all targets' rows go through shared generate() calls (blocks of 6 rows
-    straddle targets here), and texts and numbers come out as when each target runs alone."""
+def _count_generate(monkeypatch) -> list:
+    """The progress label of every generate() call, in order."""
     import features.generation
-    from features.sweep import run_sweeps
 
     real, progress = features.generation.generate, []
 
@@ -480,6 +478,15 @@ def test_screening_stacks_targets_and_matches_each_target_run_alone(lm, run, mon
         return real(*a, **kw)
 
     monkeypatch.setattr(features.generation, "generate", counting)
+    return progress
+
+
+def test_screening_stacks_targets_and_matches_each_target_run_alone(lm, run, monkeypatch):
+    """kl=False (screening): all targets' rows go through shared generate() calls (blocks of 6 rows
+    straddle targets here), and texts and numbers come out as when each target runs alone."""
+    from features.sweep import run_sweeps
+
+    progress = _count_generate(monkeypatch)
     kw = dict(prompts=["Describe your room.", "Write about rain."], samples=2, max_new_tokens=6, lm=lm,
               out_dir=False, control="none", kl=False, batch_size=6, examples=4)
     together = run_sweeps(run, ["happy", "sad", "7"], "0,0.2r", **kw)
@@ -496,16 +503,9 @@ def test_screening_stacks_targets_and_matches_each_target_run_alone(lm, run, mon
 def test_sweeps_share_a_baseline_through_the_baselines_dict(lm, run, monkeypatch):
     """Screening calls run_sweeps several times on one prompt set: with a shared `baselines` dict
     the baseline is generated once, and every number comes out as if it were generated each time."""
-    import features.generation
     from features.sweep import run_sweeps
 
-    real, progress = features.generation.generate, []
-
-    def counting(*a, **kw):
-        progress.append(kw.get("progress"))
-        return real(*a, **kw)
-
-    monkeypatch.setattr(features.generation, "generate", counting)
+    progress = _count_generate(monkeypatch)
     kw = dict(prompts=["Describe your room.", "Write about rain."], samples=2, max_new_tokens=5, lm=lm,
               out_dir=False, control="none", kl=False)
     fresh = run_sweeps(run, ["happy", "sad"], "0,0.2r", **kw) + run_sweeps(run, ["7"], "0,0.2r", **kw)
