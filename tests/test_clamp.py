@@ -260,6 +260,36 @@ def test_batched_left_padded_sampling_is_seeded_per_row(lm, assets):
     assert steered.texts != both.texts
 
 
+def test_fast_top_p_sampler_equals_the_full_vocabulary_rule():
+    """SeededSampler.choose (top-k candidates, widened when a nucleus does not fit) picks exactly
+    the token reference_choice (full sort, full CDF) picks, draw for draw: peaked, flat (nucleus far
+    beyond top_k) and tied rows, several temperatures and top_p."""
+    from features.generation import SeededSampler, reference_choice
+
+    g = torch.Generator().manual_seed(0)
+    vocab, rows = 4096, 12
+    for trial in range(40):
+        logits = torch.randn(rows, vocab, generator=g) * (0.3, 1.0, 3.0, 8.0)[trial % 4]
+        logits[:2, :7] += 12.0  # peaked rows
+        logits[2, :] = 0.0  # a uniform row: the nucleus is most of the vocabulary
+        logits[3, 100:140] = logits[3, 99]  # a run of exact ties
+        for temperature, top_p in ((0.7, 0.95), (1.0, 0.5), (1.3, 0.99), (1.0, 1.0), (0.0, 0.9)):
+            seeds = list(range(trial * rows, (trial + 1) * rows))
+            fast = SeededSampler(seeds, temperature, top_p, top_k=16).choose(logits)
+            ref = reference_choice(SeededSampler(seeds, temperature, top_p), logits)
+            assert torch.equal(fast, ref), (trial, temperature, top_p)
+
+
+def test_top_p_keeps_tokens_tied_at_the_edge_together():
+    from features.generation import SeededSampler
+
+    logits = torch.tensor([0.5, 0.2, 0.2, 0.1]).log().expand(4000, 4)  # top_p 0.6 ends inside the tie
+    picks = SeededSampler(list(range(4000)), 1.0, 0.6, top_k=2).choose(logits)
+    counts = torch.bincount(picks, minlength=4).tolist()
+    assert counts[3] == 0 and min(counts[:3]) > 0
+    assert abs(counts[0] / 4000 - 0.5 / 0.9) < 0.03  # renormalised over the kept 0.9
+
+
 def test_saelens_sae_object_works(lm, run, assets):
     """Any SAELens SAE: load ours through sae_lens and clamp with it directly."""
     from sae_lens import SAE
