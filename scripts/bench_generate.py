@@ -1,0 +1,128 @@
+"""Sampling throughput of `features.generation.generate` (the per-row-seeded sampler every clamp,
+sweep and screen uses) against baselines measured in the same run, on the same rows:
+
+- `reference`: the same sampler choosing over the whole vocabulary (full sort and full CDF per row
+  and step: `reference_choice`, the rule the fast path is tested against, and what emosae shipped
+  before). Its texts must be identical to emosae's; the script reports whether they are.
+- `hf`: Hugging Face's own `generate(do_sample=True)` with the same temperature and top-p (one
+  global seed, so not row-for-row comparable with ours; a yardstick for speed only).
+
+    .venv/bin/python scripts/bench_generate.py [--prompts 8] [--samples 8] [--repeat 2] [--json]
+
+The tools alternate over `--repeat` rounds (a shared machine's speed drifts); each speed is the
+median round, each ratio the median of the per-round ratios."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from features import generation  # noqa: E402
+from features.clamp_cli import load_prompt_file  # noqa: E402
+from features.sweep import DEFAULT_PROMPTS  # noqa: E402
+from sae.models import load_model  # noqa: E402
+
+
+@contextlib.contextmanager
+def full_vocabulary_sampler():
+    orig = generation.SeededSampler.choose
+    generation.SeededSampler.choose = lambda self, logits: generation.reference_choice(self, logits)
+    try:
+        yield
+    finally:
+        generation.SeededSampler.choose = orig
+
+
+def run_ours(lm, rows, seeds, kw: dict) -> tuple[float, list[list[int]]]:
+    t = time.perf_counter()
+    batch = generation.generate(lm.model, lm.tokenizer, rows, seeds, **kw)
+    return time.perf_counter() - t, batch.continuation_ids
+
+
+def run_hf(lm, rows, kw: dict) -> tuple[float, list[list[int]]]:
+    """HF's sampler on the same left-padded batches (one seed for the whole call)."""
+    from transformers import GenerationConfig
+
+    tok = lm.tokenizer
+    cfg = GenerationConfig(max_new_tokens=kw["max_new_tokens"], do_sample=True, temperature=kw["temperature"],
+                           top_p=kw["top_p"], top_k=None, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    conts = []
+    t = time.perf_counter()
+    with torch.no_grad():
+        for s in range(0, len(rows), kw["batch_size"]):
+            part = rows[s:s + kw["batch_size"]]
+            width = max(map(len, part))
+            ids = torch.tensor([[tok.pad_token_id] * (width - len(r)) + r for r in part])
+            mask = (torch.arange(width)[None] >= torch.tensor([width - len(r) for r in part])[:, None]).long()
+            out = lm.model.generate(input_ids=ids, attention_mask=mask, generation_config=cfg)
+            for row in out[:, width:].tolist():
+                conts.append(row[:row.index(tok.eos_token_id) + 1] if tok.eos_token_id in row else row)
+    return time.perf_counter() - t, conts
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--prompts", type=int, default=8, help="prompts from the shipped steering set")
+    p.add_argument("--samples", type=int, default=8, help="seeded samples per prompt")
+    p.add_argument("--max-new-tokens", type=int, default=40)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    torch.set_flush_denormal(True)
+    lm = load_model(args.model)
+    texts, templated = generation.format_prompts(lm.tokenizer, load_prompt_file(DEFAULT_PROMPTS)[:args.prompts])
+    ids = generation.tokenize_prompts(lm.tokenizer, texts, templated)
+    rows = [ids[i] for i in range(len(ids)) for _ in range(args.samples)]
+    seeds = [j for _ in range(len(ids)) for j in range(args.samples)]
+    kw = dict(max_new_tokens=args.max_new_tokens, temperature=0.7, top_p=0.95, batch_size=args.batch_size)
+    run_ours(lm, rows[:4], seeds[:4], kw)  # warm-up
+    rounds, identical = [], True
+    for r in range(args.repeat):
+        res = {}
+        secs, ours = run_ours(lm, rows, seeds, kw)
+        res["emosae"] = {"seconds": secs, "new_tokens": sum(map(len, ours))}
+        with full_vocabulary_sampler():
+            secs, ref = run_ours(lm, rows, seeds, kw)
+        res["reference"] = {"seconds": secs, "new_tokens": sum(map(len, ref))}
+        identical &= ours == ref
+        secs, hf = run_hf(lm, rows, kw)
+        res["hf"] = {"seconds": secs, "new_tokens": sum(map(len, hf))}
+        for v in res.values():
+            v["new_tokens_per_s"] = v["new_tokens"] / v["seconds"]
+        rounds.append(res)
+        print(f"round {r}: " + ", ".join(f"{k} {v['seconds']:.1f}s" for k, v in res.items()), file=sys.stderr)
+    out = {"rows": len(rows), "max_new_tokens": args.max_new_tokens, "threads": torch.get_num_threads(),
+           "identical_to_reference": identical}
+    for name in ("emosae", "reference", "hf"):
+        runs = sorted((res[name] for res in rounds), key=lambda v: v["new_tokens_per_s"])
+        out[name] = runs[(len(runs) - 1) // 2] | {"rounds_s": [res[name]["seconds"] for res in rounds]}
+    out["ratios"] = {f"emosae_vs_{b}": statistics.median(res["emosae"]["new_tokens_per_s"] / res[b]["new_tokens_per_s"]
+                                                         for res in rounds) for b in ("reference", "hf")}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"{out['rows']} rows x {args.max_new_tokens} new tokens, {out['threads']} threads")
+        for name in ("emosae", "reference", "hf"):
+            v = out[name]
+            print(f"{name:>10}: {v['new_tokens_per_s']:7.1f} new tok/s  ({v['seconds']:.1f} s, rounds "
+                  + " / ".join(f"{s:.1f}" for s in v["rounds_s"]) + ")")
+        for k, v in out["ratios"].items():
+            print(f"{k}: {v:.2f}x")
+        print(f"texts identical to the full-vocabulary sampler: {identical}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
