@@ -58,8 +58,7 @@ class SeededSampler:
         probs = torch.softmax(logits / self.temperature, dim=-1)
         u = self.uniforms(probs.device)
         if self.top_p == 1:
-            cdf = probs.double().cumsum(-1)
-            return torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).clamp_max(cdf.shape[-1] - 1)[:, 0]
+            return _inverse_cdf(probs, u)
         k = min(self.top_k, probs.shape[-1])
         while True:
             top, ids = probs.topk(k, dim=-1)  # descending
@@ -70,14 +69,21 @@ class SeededSampler:
         # inverse CDF in vocabulary order over the candidates (dropped ones add exact zeros, as
         # they do in the full-vocabulary CDF)
         ids, order = ids.sort(-1)
-        cdf = top.masked_fill(~keep, 0.0).gather(-1, order).double().cumsum(-1)
-        pos = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).clamp_max(cdf.shape[-1] - 1)
-        return ids.gather(-1, pos)[:, 0]
+        pos = _inverse_cdf(top.masked_fill(~keep, 0.0).gather(-1, order), u)
+        return ids.gather(-1, pos[:, None])[:, 0]
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         choice = self.choose(scores.float())
         out = torch.full_like(scores, float("-inf"))
         return out.scatter_(-1, choice[:, None], 0.0)
+
+
+def _inverse_cdf(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Per row, the first index where the running sum of `weights` (float64, in their order)
+    exceeds u x the row's total, u in [0, 1): one draw from the weights. "Exceeds", not "reaches":
+    a zero-weight entry is never chosen, even at u = 0."""
+    cdf = weights.double().cumsum(-1)
+    return torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).clamp_max(cdf.shape[-1] - 1)[:, 0]
 
 
 def _nucleus_floor(sorted_p: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -97,9 +103,7 @@ def reference_choice(sampler: SeededSampler, logits: torch.Tensor) -> torch.Tens
     if sampler.top_p < 1:
         sorted_p = probs.sort(-1, descending=True).values
         probs = probs.masked_fill(probs < _nucleus_floor(sorted_p, sampler.top_p), 0.0)
-    cdf = probs.double().cumsum(-1)
-    u = sampler.uniforms(probs.device)
-    return torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).clamp_max(probs.shape[-1] - 1)[:, 0]
+    return _inverse_cdf(probs, sampler.uniforms(probs.device))
 
 
 @dataclass

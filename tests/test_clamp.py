@@ -290,6 +290,16 @@ def test_top_p_keeps_tokens_tied_at_the_edge_together():
     assert abs(counts[0] / 4000 - 0.5 / 0.9) < 0.03  # renormalised over the kept 0.9
 
 
+def test_inverse_cdf_never_draws_a_zero_weight_token():
+    from features.generation import _inverse_cdf
+
+    w = torch.tensor([[0.0, 0.0, 0.25, 0.0, 0.75], [0.5, 0.0, 0.5, 0.0, 0.0]])
+    at = lambda *u: _inverse_cdf(w, torch.tensor(u, dtype=torch.float64)).tolist()
+    assert at(0.0, 0.0) == [2, 0]  # u = 0 picks the first token with weight, not index 0
+    assert at(0.25, 0.5) == [4, 2]  # a draw exactly on a boundary goes to the next token with weight
+    assert at(0.9999, 0.9999) == [4, 2]
+
+
 def test_saelens_sae_object_works(lm, run, assets):
     """Any SAELens SAE: load ours through sae_lens and clamp with it directly."""
     from sae_lens import SAE
