@@ -1,9 +1,9 @@
 """Sampling throughput of `features.generation.generate` (the per-row-seeded sampler every clamp,
 sweep and screen uses) against baselines measured in the same run, on the same rows:
 
-- `reference`: the same sampler choosing over the whole vocabulary (full sort and full CDF per row
-  and step: `reference_choice`, the rule the fast path is tested against, and what emosae shipped
-  before). Its texts must be identical to emosae's; the script reports whether they are.
+- `reference`: the same rule computed over the whole vocabulary (a full sort and a full CDF per row
+  and step, as emosae sampled before: `reference_choice`, the rule the fast path is tested
+  against). Its texts must be identical to emosae's; the script reports whether they are.
 - `hf`: Hugging Face's own `generate(do_sample=True)` with the same temperature and top-p (one
   global seed, so not row-for-row comparable with ours; a yardstick for speed only).
 
