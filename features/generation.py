@@ -119,6 +119,14 @@ def tokenize_prompts(tokenizer, texts: list[str], templated: bool) -> list[list[
     return tokenizer(texts, add_special_tokens=not templated)["input_ids"]
 
 
+def left_padded(rows: list[list[int]], pad: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) for prompts left-padded to one width, as `generate()` wants them."""
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+    return ids, mask
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompt_ids: list[list[int]], seeds: list[int], max_new_tokens: int = 40,
              temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 64,
@@ -138,9 +146,8 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], seeds: list[int], ma
     bar = tqdm(total=len(prompt_ids), desc=progress, unit="row", disable=progress is None, leave=False)
     for start in range(0, len(prompt_ids), batch_size):
         rows = prompt_ids[start:start + batch_size]
-        width = max(len(r) for r in rows)
-        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+        ids, mask = left_padded(rows, pad, device)
+        width = ids.shape[1]
         sampler = SeededSampler(seeds[start:start + batch_size], temperature, top_p)
         with (context() if context else contextlib.nullcontext()):
             out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg,

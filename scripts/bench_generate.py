@@ -61,11 +61,9 @@ def run_hf(lm, rows, kw: dict) -> tuple[float, list[list[int]]]:
     with torch.no_grad():
         for s in range(0, len(rows), kw["batch_size"]):
             part = rows[s:s + kw["batch_size"]]
-            width = max(map(len, part))
-            ids = torch.tensor([[tok.pad_token_id] * (width - len(r)) + r for r in part])
-            mask = (torch.arange(width)[None] >= torch.tensor([width - len(r) for r in part])[:, None]).long()
+            ids, mask = generation.left_padded(part, tok.pad_token_id)
             out = lm.model.generate(input_ids=ids, attention_mask=mask, generation_config=cfg)
-            for row in out[:, width:].tolist():
+            for row in out[:, ids.shape[1]:].tolist():
                 conts.append(row[:row.index(tok.eos_token_id) + 1] if tok.eos_token_id in row else row)
     return time.perf_counter() - t, conts
 
