@@ -135,3 +135,22 @@ def test_sae_corpus_is_the_script_output_and_holds_no_heldout_passage(rows):
     texts = {r["text"] for r in shipped}
     assert all(r["text"] in texts for r in rows if r["split"] == "train")
     assert not any(r["text"] in texts for r in rows if r["split"] == "heldout")
+
+
+def test_more_topics_file():
+    """labeling/data/more_topics.jsonl (the README's "more passages" experiment): train passages on
+    nine topics of its own, crossed with every emotion and neutral, held to the corpus's rules."""
+    shipped = load_corpus()
+    more = load_corpus(DATA / "more_topics.jsonl")
+    all_topics, _ = topics()
+    new_topics = {r["topic"] for r in more}
+    assert len(new_topics) == 9 and not new_topics & set(all_topics)
+    assert {r["split"] for r in more} == {"train"}
+    per = Counter((r["emotion"], r["topic"], r["person"]) for r in more)
+    for e in [*emotions(shipped), NEUTRAL]:
+        for t in new_topics:
+            assert per[(e, t, "first")] == 1 and per[(e, t, "third")] == 1, (e, t)
+    assert len(more) == len(per)
+    assert not [r for r in more if not 50 <= len(r["text"].split()) <= 120]
+    assert not [(r["emotion"], f) for r in more for f in find_forbidden(r["text"], r["emotion"])]
+    assert not {r["text"] for r in more} & {r["text"] for r in shipped}
