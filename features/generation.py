@@ -178,6 +178,43 @@ def padded(prompt_ids: list[list[int]], cont_ids: list[list[int]], pad: int, dev
     return ids_t, mask_t, pos, torch.tensor(target, device=device, dtype=torch.bool), wp
 
 
+def _forward_kwargs(model) -> tuple[bool, str]:
+    """(does forward() take `logits_to_keep`, the name of its KV-cache argument): transformers 5
+    renamed `past_key_values` to `cache`."""
+    params = inspect.signature(model.forward).parameters
+    return "logits_to_keep" in params, "cache" if "cache" in params else "past_key_values"
+
+
+def _continuation_logits(model, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, wp: int) -> torch.Tensor:
+    """Logits at positions wp-1..W-2 (those predicting the continuation), one forward over whole
+    rows; the LM head skips the prompt where the model allows it."""
+    trims, _ = _forward_kwargs(model)
+    kw = dict(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
+    if trims:
+        kw["logits_to_keep"] = ids.shape[1] - wp + 1
+    return model(**kw).logits[:, -(ids.shape[1] - wp + 1):-1].float()
+
+
+def _continuation_logits_shared(model, prompt_ids: list[list[int]], ids: torch.Tensor, mask: torch.Tensor,
+                                pos: torch.Tensor, wp: int) -> torch.Tensor:
+    """The same logits for the *unsteered* model, each distinct prompt run once: sweeps and screens
+    score many rows per prompt (samples x settings), and the prompt is about half of every row. Its
+    KV cache is copied to the rows that share it, then only the continuations run."""
+    trims, cache_kw = _forward_kwargs(model)
+    slot: dict[tuple, int] = {}
+    inv = torch.tensor([slot.setdefault(tuple(p), len(slot)) for p in prompt_ids], device=ids.device)
+    first = torch.tensor([prompt_ids.index(list(k)) for k in slot], device=ids.device)
+    kw = dict(input_ids=ids[first, :wp], attention_mask=mask[first, :wp], position_ids=pos[first, :wp], use_cache=True)
+    if trims:
+        kw["logits_to_keep"] = 1
+    out = model(**kw)
+    cache = out["cache"] if "cache" in out else out["past_key_values"]
+    cache.batch_select_indices(inv)
+    rest = model(input_ids=ids[:, wp:], attention_mask=mask, position_ids=pos[:, wp:], use_cache=False,
+                 **{cache_kw: cache}).logits
+    return torch.cat([out.logits[inv, -1:], rest[:, :-1]], 1).float()
+
+
 @torch.no_grad()
 def score(model, tokenizer, batch: Batch, steer: Callable[[int], ContextManager] | None = None,
           batch_size: int = 32) -> dict[str, list[float]]:
@@ -186,31 +223,28 @@ def score(model, tokenizer, batch: Batch, steer: Callable[[int], ContextManager]
     continuation of KL(steered || unsteered) between next-token distributions."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
-    trims = "logits_to_keep" in inspect.signature(model.forward).parameters
     out: dict[str, list[float]] = {"nll": [], "n_tokens": [], "kl": []}
     for s in range(0, len(batch.prompt_ids), batch_size):
-        p_ids = batch.prompt_ids[s:s + batch_size]
+        p_ids = [list(p) for p in batch.prompt_ids[s:s + batch_size]]
         c_ids = [c or [pad] for c in batch.continuation_ids[s:s + batch_size]]  # empty: scored as 0 tokens
         ids, mask, pos, target, wp = padded(p_ids, c_ids, pad, device)
         for j, c in enumerate(batch.continuation_ids[s:s + batch_size]):
             if not c:
                 target[j] = False
-        # only positions wp-1.. predict continuation tokens: skip the LM head over the prompt
-        start = wp - 1 if trims else 0
-        kw = dict(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
-        if trims:
-            kw["logits_to_keep"] = ids.shape[1] - start
-        target = target[:, start:]
-        logp = torch.log_softmax(model(**kw).logits[:, :-1].float(), -1)
-        nll = -(logp.gather(-1, ids[:, start + 1:, None])[..., 0] * target).sum(-1)
+        target = target[:, wp - 1:]
+        logits = _continuation_logits_shared(model, p_ids, ids, mask, pos, wp)
+        picked = logits.gather(-1, ids[:, wp:, None])[..., 0]
+        nll = ((logits.logsumexp(-1) - picked) * target).sum(-1)
         n = target.sum(-1)
         out["nll"] += nll.tolist()
         out["n_tokens"] += n.tolist()
         if steer is None:
             out["kl"] += [0.0] * len(p_ids)
             continue
+        logp = torch.log_softmax(logits, -1)
+        del logits, picked
         with steer(wp):
-            lq = torch.log_softmax(model(**kw).logits[:, :-1].float(), -1)
+            lq = torch.log_softmax(_continuation_logits(model, ids, mask, pos, wp), -1)
         kl_t = (lq.exp() * (lq - logp)).sum(-1)
         out["kl"] += ((kl_t * target).sum(-1) / n.clamp_min(1)).tolist()
     return out

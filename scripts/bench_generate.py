@@ -1,11 +1,16 @@
-"""Sampling throughput of `features.generation.generate` (the per-row-seeded sampler every clamp,
-sweep and screen uses) against baselines measured in the same run, on the same rows:
+"""Sampling and scoring throughput of `features.generation` (the per-row-seeded sampler and the
+continuation scorer every clamp, sweep and screen uses) against baselines measured in the same run,
+on the same rows:
 
 - `reference`: the same rule computed over the whole vocabulary (a full sort and a full CDF per row
   and step, as emosae sampled before: `reference_choice`, the rule the fast path is tested
   against). Its texts must be identical to emosae's; the script reports whether they are.
 - `hf`: Hugging Face's own `generate(do_sample=True)` with the same temperature and top-p (one
   global seed, so not row-for-row comparable with ours; a yardstick for speed only).
+- scoring (`score`, the continuations' NLL under the model) against `whole_rows`: one forward over
+  every row's prompt and continuation, as emosae scored before. `score` runs each distinct prompt
+  once and copies its KV cache to the rows that share it; the script reports the largest relative
+  NLL difference (float rounding only).
 
     .venv/bin/python scripts/bench_generate.py [--prompts 8] [--samples 8] [--repeat 2] [--json]
 
@@ -30,6 +35,22 @@ from features import generation  # noqa: E402
 from features.clamp_cli import load_prompt_file  # noqa: E402
 from features.sweep import DEFAULT_PROMPTS  # noqa: E402
 from sae.models import load_model  # noqa: E402
+
+
+@contextlib.contextmanager
+def whole_row_scoring():
+    orig = generation._continuation_logits_shared
+    generation._continuation_logits_shared = lambda model, prompt_ids, *a: generation._continuation_logits(model, *a)
+    try:
+        yield
+    finally:
+        generation._continuation_logits_shared = orig
+
+
+def run_score(lm, rows, conts, batch_size: int) -> tuple[float, list[float]]:
+    t = time.perf_counter()
+    out = generation.score(lm.model, lm.tokenizer, generation.Batch(rows, conts, [""] * len(rows)), batch_size=batch_size)
+    return time.perf_counter() - t, out["nll"]
 
 
 @contextlib.contextmanager
@@ -86,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [j for _ in range(len(ids)) for j in range(args.samples)]
     kw = dict(max_new_tokens=args.max_new_tokens, temperature=0.7, top_p=0.95, batch_size=args.batch_size)
     run_ours(lm, rows[:4], seeds[:4], kw)  # warm-up
-    rounds, identical = [], True
+    rounds, identical, nll_rel = [], True, 0.0
     for r in range(args.repeat):
         res = {}
         secs, ours = run_ours(lm, rows, seeds, kw)
@@ -99,15 +120,26 @@ def main(argv: list[str] | None = None) -> int:
         res["hf"] = {"seconds": secs, "new_tokens": sum(map(len, hf))}
         for v in res.values():
             v["new_tokens_per_s"] = v["new_tokens"] / v["seconds"]
+        secs, nll = run_score(lm, rows, ours, args.batch_size // 2)
+        res["score"] = {"seconds": secs}
+        with whole_row_scoring():
+            secs, ref_nll = run_score(lm, rows, ours, args.batch_size // 2)
+        res["score_whole_rows"] = {"seconds": secs}
+        nll_rel = max(nll_rel, max(abs(a - b) / max(abs(b), 1e-9) for a, b in zip(nll, ref_nll)))
         rounds.append(res)
         print(f"round {r}: " + ", ".join(f"{k} {v['seconds']:.1f}s" for k, v in res.items()), file=sys.stderr)
     out = {"rows": len(rows), "max_new_tokens": args.max_new_tokens, "threads": torch.get_num_threads(),
-           "identical_to_reference": identical}
+           "identical_to_reference": identical, "score_max_rel_nll_diff": nll_rel}
     for name in ("emosae", "reference", "hf"):
         runs = sorted((res[name] for res in rounds), key=lambda v: v["new_tokens_per_s"])
         out[name] = runs[(len(runs) - 1) // 2] | {"rounds_s": [res[name]["seconds"] for res in rounds]}
     out["ratios"] = {f"emosae_vs_{b}": statistics.median(res["emosae"]["new_tokens_per_s"] / res[b]["new_tokens_per_s"]
                                                          for res in rounds) for b in ("reference", "hf")}
+    for name in ("score", "score_whole_rows"):
+        out[name] = {"seconds": statistics.median(res[name]["seconds"] for res in rounds),
+                     "rounds_s": [res[name]["seconds"] for res in rounds]}
+    out["ratios"]["score_vs_whole_rows"] = statistics.median(res["score_whole_rows"]["seconds"] / res["score"]["seconds"]
+                                                             for res in rounds)
     if args.json:
         print(json.dumps(out))
     else:
@@ -119,6 +151,11 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in out["ratios"].items():
             print(f"{k}: {v:.2f}x")
         print(f"texts identical to the full-vocabulary sampler: {identical}")
+        for name in ("score", "score_whole_rows"):
+            v = out[name]
+            print(f"{name:>16}: {v['seconds']:.1f} s (rounds " + " / ".join(f"{s:.1f}" for s in v["rounds_s"]) + ")")
+        print(f"score vs whole rows: {out['ratios']['score_vs_whole_rows']:.2f}x, "
+              f"largest relative NLL difference {nll_rel:.1e}")
     return 0
 
 

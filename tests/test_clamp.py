@@ -425,22 +425,37 @@ def test_sweep_rows_files_and_control(lm, run, tmp_path):
 
 
 def test_score_matches_each_row_scored_alone(lm, assets):
-    """score() keeps logits only from the prompt boundary on: per-row NLL equals a plain full-logits
-    computation of each row alone (different prompt lengths, so left padding is exercised)."""
+    """score() runs each distinct prompt once and keeps logits only from the prompt boundary on:
+    per-row NLL and KL equal a plain full-logits computation of each row alone (prompts of two
+    lengths, so left padding is exercised; rows sharing a prompt; an empty continuation)."""
     from features.generation import Batch, score
 
     tok = lm.tokenizer
-    prompts = [_prompt(lm)["input_ids"][0].tolist(), _prompt(lm, "Hi.")["input_ids"][0].tolist()]
-    conts = [tok(" The sun was warm and", add_special_tokens=False)["input_ids"], tok(" Hello", add_special_tokens=False)["input_ids"]]
-    out = score(lm.model, tok, Batch(prompts, conts, ["", ""]), batch_size=2,
-                steer=lambda p: clamp(lm.model, assets, {"happy": "0.2r"}, prompt_len=p))
+    long_p, short_p = _prompt(lm)["input_ids"][0].tolist(), _prompt(lm, "Hi.")["input_ids"][0].tolist()
+    words = [" The sun was warm and", " Hello", " I", " It rained all day, so we stayed in."]
+    conts = [tok(w, add_special_tokens=False)["input_ids"] for w in words] + [[]]
+    prompts = [long_p, short_p, long_p, short_p, long_p]
+    happy = {"happy": "0.2r"}
+    out = score(lm.model, tok, Batch(prompts, conts, [""] * 5), batch_size=5,
+                steer=lambda p: clamp(lm.model, assets, happy, prompt_len=p))
+    plain = score(lm.model, tok, Batch(prompts, conts, [""] * 5), batch_size=2)
     with torch.no_grad():
         for i, (p_ids, c_ids) in enumerate(zip(prompts, conts)):
-            logp = torch.log_softmax(lm.model(torch.tensor([p_ids + c_ids])).logits[0].float(), -1)
-            ref = -sum(float(logp[len(p_ids) - 1 + j, t]) for j, t in enumerate(c_ids))
-            assert out["n_tokens"][i] == len(c_ids)
+            assert out["n_tokens"][i] == plain["n_tokens"][i] == len(c_ids)
+            if not c_ids:
+                assert out["nll"][i] == plain["nll"][i] == out["kl"][i] == 0
+                continue
+            row = torch.tensor([p_ids + c_ids])
+            at = slice(len(p_ids) - 1, len(p_ids) + len(c_ids) - 1)
+            logp = torch.log_softmax(lm.model(row).logits[0, at].float(), -1)
+            with clamp(lm.model, assets, happy, prompt_len=len(p_ids)):
+                logq = torch.log_softmax(lm.model(row).logits[0, at].float(), -1)
+            ref = -float(logp.gather(-1, torch.tensor(c_ids)[:, None]).sum())
+            kl = float((logq.exp() * (logq - logp)).sum(-1).mean())
             assert out["nll"][i] == pytest.approx(ref, rel=1e-4, abs=1e-3)
-            assert out["kl"][i] > 0
+            assert plain["nll"][i] == pytest.approx(ref, rel=1e-4, abs=1e-3)
+            assert out["kl"][i] == pytest.approx(kl, rel=1e-3, abs=1e-5) and kl > 0
+    assert plain["kl"] == [0.0] * 5
 
 
 def test_sweep_feature_groups_and_control_directions(lm, run, assets, tmp_path):
