@@ -201,9 +201,12 @@ def _continuation_logits_shared(model, prompt_ids: list[list[int]], ids: torch.T
     score many rows per prompt (samples x settings), and the prompt is about half of every row. Its
     KV cache is copied to the rows that share it, then only the continuations run."""
     trims, cache_kw = _forward_kwargs(model)
-    slot: dict[tuple, int] = {}
-    inv = torch.tensor([slot.setdefault(tuple(p), len(slot)) for p in prompt_ids], device=ids.device)
-    first = torch.tensor([prompt_ids.index(list(k)) for k in slot], device=ids.device)
+    slot: dict[tuple, int] = {}  # prompt -> its row in the prompt-only forward
+    first: list[int] = []  # a row holding each distinct prompt
+    for i, p in enumerate(prompt_ids):
+        if slot.setdefault(tuple(p), len(first)) == len(first):
+            first.append(i)
+    inv = torch.tensor([slot[tuple(p)] for p in prompt_ids], device=ids.device)
     kw = dict(input_ids=ids[first, :wp], attention_mask=mask[first, :wp], position_ids=pos[first, :wp], use_cache=True)
     if trims:
         kw["logits_to_keep"] = 1
@@ -225,7 +228,7 @@ def score(model, tokenizer, batch: Batch, steer: Callable[[int], ContextManager]
     device = next(model.parameters()).device
     out: dict[str, list[float]] = {"nll": [], "n_tokens": [], "kl": []}
     for s in range(0, len(batch.prompt_ids), batch_size):
-        p_ids = [list(p) for p in batch.prompt_ids[s:s + batch_size]]
+        p_ids = batch.prompt_ids[s:s + batch_size]
         c_ids = [c or [pad] for c in batch.continuation_ids[s:s + batch_size]]  # empty: scored as 0 tokens
         ids, mask, pos, target, wp = padded(p_ids, c_ids, pad, device)
         for j, c in enumerate(batch.continuation_ids[s:s + batch_size]):
