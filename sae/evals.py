@@ -11,7 +11,7 @@ import torch
 
 from sae.data import TokenBatch, position_mask
 from sae.harvest import special_ids
-from sae.hooks import add_hook
+from sae.hooks import add_hook, parse_hook, replay_prefix
 
 DENSE_THRESHOLD = 0.1  # a latent is `dense` when active on more than 10% of tokens
 
@@ -69,14 +69,20 @@ def _ce(model, batch: TokenBatch) -> tuple[float, int]:
 
 @torch.no_grad()
 def ce_loss_score(model, tokenizer, sae, batch: TokenBatch, keep: torch.Tensor | None = None,
-                  outlier_mult: float | None = 10.0, rows_per_forward: int | None = None) -> dict:
+                  outlier_mult: float | None = 10.0, rows_per_forward: int | None = None,
+                  share_prefix: bool = True) -> dict:
     """CE-loss score of `sae` spliced in at its hook on held-out text: the SAE's reconstruction
     replaces the activation at the positions the one mask keeps (masked positions untouched);
     (CE_zero_ablation - CE_sae) / (CE_zero_ablation - CE_clean), with the three CEs. `keep` is the
-    position mask stored at harvest time; without it the mask is recomputed here."""
+    position mask stored at harvest time; without it the mask is recomputed here.
+
+    The three passes differ only from the hook's block on, so with `share_prefix` the blocks before
+    it run once per chunk of rows (the clean pass) and the other two replay their output: the same
+    numbers, about a third less work at a mid-depth hook."""
     device = next(model.parameters()).device
-    specials = special_ids(tokenizer)
+    specials = special_ids(tokenizer) if keep is None else None
     rows_per_forward = rows_per_forward or max(1, 4096 // batch.input_ids.shape[1])
+    layer = parse_hook(sae.hook_name, model).layer if share_prefix else 0
     state: dict = {}
 
     def splice(mode: str):
@@ -90,21 +96,23 @@ def ce_loss_score(model, tokenizer, sae, batch: TokenBatch, keep: torch.Tensor |
             return torch.where(keep[..., None], new, act)
         return fn
 
-    totals = {}
-    for mode in ("clean", "sae", "zero"):
-        loss_sum, count = 0.0, 0
-        handle = add_hook(model, sae.hook_name, splice(mode))
-        try:
-            for i in range(0, batch.input_ids.shape[0], rows_per_forward):
-                part = TokenBatch(*(t[i:i + rows_per_forward].to(device) for t in
-                                    (batch.input_ids, batch.doc_ids, batch.positions)))
-                state.update(ids=part.input_ids, pos=part.positions,
-                             keep=None if keep is None else keep[i:i + rows_per_forward].to(device))
-                s, c = _ce(model, part)
-                loss_sum, count = loss_sum + s, count + c
-        finally:
-            handle.remove()
-        totals[mode] = loss_sum / max(1, count)
-    clean, with_sae, zero = totals["clean"], totals["sae"], totals["zero"]
+    modes = ("clean", "sae", "zero")
+    loss_sums, count = dict.fromkeys(modes, 0.0), 0
+    for i in range(0, batch.input_ids.shape[0], rows_per_forward):
+        part = TokenBatch(*(t[i:i + rows_per_forward].to(device) for t in
+                            (batch.input_ids, batch.doc_ids, batch.positions)))
+        state.update(ids=part.input_ids, pos=part.positions,
+                     keep=None if keep is None else keep[i:i + rows_per_forward].to(device))
+        recorded: list = []
+        for mode in modes:  # clean first: it records the shared prefix
+            handle = add_hook(model, sae.hook_name, splice(mode))
+            try:
+                with replay_prefix(model, layer, recorded):
+                    s, c = _ce(model, part)
+            finally:
+                handle.remove()
+            loss_sums[mode] += s
+        count += c
+    clean, with_sae, zero = (loss_sums[m] / max(1, count) for m in modes)
     score = (zero - with_sae) / (zero - clean) if zero != clean else float("nan")
     return {"ce_clean": clean, "ce_sae": with_sae, "ce_zero": zero, "ce_loss_score": score}

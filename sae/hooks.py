@@ -130,6 +130,38 @@ def add_hook(model: nn.Module, hook: str | HookPoint,
     return module.register_forward_hook(post)
 
 
+@contextmanager
+def replay_prefix(model: nn.Module, layer: int, recorded: list) -> Iterator[None]:
+    """Run only the blocks from `layer` on, feeding block `layer` what block `layer - 1` returned in
+    an earlier forward over the same rows (`recorded`: empty, to be filled, on the first use).
+
+    For evals that re-run one batch with different edits at one hook point: everything before the
+    hook's block is the same every time, so it is computed once. Blocks before `layer` keep their
+    modules (hooks, state); only their `forward` is swapped for returning the recording."""
+    if layer == 0:
+        yield
+        return
+    blocks = blocks_of(model)
+    if not recorded:
+        handle = blocks[layer - 1].register_forward_hook(lambda mod, args, out: recorded.append(out))
+        try:
+            yield
+        finally:
+            handle.remove()
+        return
+    saved = [b.__dict__.get("forward") for b in blocks[:layer]]
+    for b in blocks[:layer]:
+        b.forward = lambda *args, **kwargs: recorded[0]
+    try:
+        yield
+    finally:
+        for b, f in zip(blocks[:layer], saved):
+            if f is None:
+                del b.forward
+            else:
+                b.forward = f
+
+
 class _StopForward(Exception):
     pass
 

@@ -79,3 +79,30 @@ def test_wandb_offline_and_failures_never_stop_training(lm, tmp_path_factory, mo
     run2 = tmp_path_factory.mktemp("wandb") / "run"
     m2 = train(tiny_config(cache, overrides=["log.wandb.project=emosae-test"]), run2)
     assert m2["steps"] == m["steps"] and json.loads((run2 / "metrics.json").read_text())["fve"] == m2["fve"]
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox", "gemma2"])
+def test_ce_loss_score_shared_prefix_equals_three_full_passes(family):
+    """The clean pass's prefix replayed for the SAE and zero passes gives the numbers of three
+    full forwards, at every depth and hook kind (the hook's own block always runs)."""
+    from sae.data import TokenBatch
+    from sae.hooks import HOOK_KINDS
+    from tests.tiny_models import tiny_model
+
+    model = tiny_model(family)
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, 128, (5, 24), generator=g)
+    docs = (torch.arange(24) >= 10).long().expand(5, 24).clone()  # two documents per row
+    pos = torch.where(docs == 0, torch.arange(24), torch.arange(24) - 10)
+    batch = TokenBatch(ids, docs, pos)
+    keep = pos > 0
+    d = model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.n_embd
+    for layer in range(3):
+        for kind in HOOK_KINDS:
+            sae = SparseAutoencoder(SAEConfig(arch="topk", d_in=d, d_sae=96, k=6, hook_name=f"blocks.{layer}.{kind}"))
+            sae.init_weights(torch.Generator().manual_seed(layer))
+            shared = ce_loss_score(model, None, sae, batch, keep, rows_per_forward=2)
+            full = ce_loss_score(model, None, sae, batch, keep, rows_per_forward=2, share_prefix=False)
+            ces = ("ce_clean", "ce_sae", "ce_zero")
+            assert [shared[c] for c in ces] == [full[c] for c in ces], (layer, kind)
+            assert shared["ce_zero"] != shared["ce_clean"] and shared["ce_sae"] != shared["ce_clean"]
