@@ -78,8 +78,7 @@ def run_clamp(run: str, features: list[tuple[str, str]], vectors: list[tuple[str
     """Baseline and clamped continuations for prompts x samples (seed + j for sample j)."""
     from features.clamp import clamp, load_run
     from features.generation import format_prompts, generate, tokenize_prompts
-    from labeling.scoring import default_device, model_spec_for
-    from sae.models import load_model
+    from labeling.scoring import default_device, load_model_for
 
     if samples < 1 or max_new_tokens < 1:
         raise UserError("--samples and --max-new-tokens must be >= 1")
@@ -88,7 +87,7 @@ def run_clamp(run: str, features: list[tuple[str, str]], vectors: list[tuple[str
     torch.set_flush_denormal(True)
     device = device or default_device()
     assets = load_run(run, device)
-    lm = lm or load_model(model or model_spec_for(assets.sae), device)
+    lm = lm or load_model_for(assets.sae, model, device)
     keys = [k for k, _ in features]
     if len(set(keys)) != len(keys):
         raise UserError("the same feature is given twice; give each --feature once")

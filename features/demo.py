@@ -94,7 +94,6 @@ def run_demo(run_dir: str | Path = "runs/demo", fresh: bool = False, overrides: 
     import torch
 
     from sae.config import load_config
-    from sae.models import load_model
     from sae.trainer import train
 
     torch.set_flush_denormal(True)
@@ -117,7 +116,10 @@ def run_demo(run_dir: str | Path = "runs/demo", fresh: bool = False, overrides: 
     _step("train", metrics_path.exists(), do_train, timings)
     metrics = read_json(metrics_path)
 
-    lm = load_model(cfg.model.name)
+    from labeling.scoring import load_model_for
+    from sae.architectures import load_sae
+    sae = load_sae(run)
+    lm = load_model_for(sae, device="cpu")  # at the precision the SAE was trained at (the preset's model.autocast)
 
     from features.stats import compute_stats
     cache_train = run / "cache" / "train"
@@ -130,9 +132,7 @@ def run_demo(run_dir: str | Path = "runs/demo", fresh: bool = False, overrides: 
     labels = read_labels(run)
 
     from features.vectors import alignment_report, compute_vectors, merge_into_labels
-    from sae.architectures import load_sae
     from sae.hooks import parse_hook
-    sae = load_sae(run)
     layer = parse_hook(sae.hook_name, lm.model).layer
 
     def do_vectors():

@@ -152,8 +152,7 @@ def run_sweeps(run_dir: str | Path, targets: Sequence[Any], strengths: Sequence 
     from features.clamp import clamp, load_run
     from features.clamp_cli import load_prompt_file
     from features.generation import format_prompts, generate, score, tokenize_prompts
-    from labeling.scoring import default_device, model_spec_for
-    from sae.models import load_model
+    from labeling.scoring import default_device, load_model_for
 
     if samples < 1 or max_new_tokens < 1:
         raise UserError("samples and max_new_tokens must be >= 1")
@@ -164,7 +163,7 @@ def run_sweeps(run_dir: str | Path, targets: Sequence[Any], strengths: Sequence 
     torch.set_flush_denormal(True)
     device = device or default_device()
     assets = load_run(run_dir, device)
-    lm = lm or load_model(model or model_spec_for(assets.sae), device)
+    lm = lm or load_model_for(assets.sae, model, device)
     targets = [Target.parse(t, mode) for t in targets]
     if not targets:
         raise UserError("no target to sweep; give a feature label/index or vector:EMOTION")

@@ -154,7 +154,6 @@ def sums_streamed(lm, texts: Sequence[str], neutral: np.ndarray, hooks: Sequence
     if any(not x for x in docs):
         raise UserError("a passage is empty after tokenization; remove empty texts")
     device = next(lm.model.parameters()).device
-    autocast = torch.bfloat16 if device.type == "cuda" else None
     specials = special_ids(lm.tokenizer)
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.tokenizer.eos_token_id
     sums = {h: HookSums.empty(len(docs), lm.model.config.hidden_size, device) for h in hooks}
@@ -163,7 +162,7 @@ def sums_streamed(lm, texts: Sequence[str], neutral: np.ndarray, hooks: Sequence
     bar = tqdm(total=sum(lengths), unit="tok", desc=f"forward to {hooks[-1]}", disable=None)
     for group in _batches(lengths, batch_tokens):
         batch = _padded_batch([docs[i] for i in group], pad).to(device)
-        acts = forward_acts(lm.model, batch, list(hooks), autocast)
+        acts = forward_acts(lm.model, batch, list(hooks))
         gidx = torch.tensor(group)
         is_neutral = neutral_t[gidx].to(device)
         for h in hooks:

@@ -148,13 +148,12 @@ def run_passages(lm, texts: Sequence[str], hook: str, outlier_mult: float | None
     device = _device_of(lm)
     specials = special_ids(lm.tokenizer)
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.tokenizer.eos_token_id
-    autocast = torch.bfloat16 if device.type == "cuda" else None
     lengths = [len(d) for d in docs]
     per_passage: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     bar = tqdm(total=sum(lengths), unit="tok", desc=f"forward {hook}", disable=None if progress else True)
     for group in _batches(lengths, batch_tokens):
         batch = _padded_batch([docs[i] for i in group], pad).to(device)
-        acts = forward_acts(lm.model, batch, [hook], autocast)[hook]
+        acts = forward_acts(lm.model, batch, [hook])[hook]
         keep = position_mask(batch.input_ids, batch.positions, specials, acts, outlier_mult) & (batch.doc_ids == 0)
         for r, i in enumerate(group):
             pos = keep[r].nonzero().squeeze(1)
@@ -174,8 +173,9 @@ def run_passages(lm, texts: Sequence[str], hook: str, outlier_mult: float | None
 
 def cache_key(lm, texts: Sequence[str], hook: str, outlier_mult: float | None, max_tokens: int | None) -> str:
     h = hashlib.sha256()
+    precision = [lm.autocast] if getattr(lm, "autocast", "off") != "off" else []  # fp32 keys as before
     h.update(json.dumps([CACHE_VERSION, lm.model_id, getattr(lm, "sha256", None), str(lm.path), hook,
-                         outlier_mult, max_tokens]).encode())
+                         outlier_mult, max_tokens, *precision]).encode())
     for t in texts:
         h.update(t.encode("utf-8"))
         h.update(b"\x00")
@@ -348,6 +348,15 @@ def outlier_mult_for(run_dir: str | Path | None, sae=None) -> float | None:
     return DEFAULT_OUTLIER_MULT
 
 
+def load_model_for(sae, model: str | None = None, device: str | None = None):
+    """The LM an SAE reads (`--model` overrides the one its metadata names), computing at the
+    precision the SAE's training activations had (`autocast` in their provenance; none: "auto")."""
+    from sae.models import load_model
+
+    provenance = (sae.cfg.metadata or {}).get("provenance") or {}
+    return load_model(model or model_spec_for(sae), device or default_device(), autocast=provenance.get("autocast", "auto"))
+
+
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -355,12 +364,11 @@ def default_device() -> str:
 def load_run(run_dir: str | Path, model: str | None = None, device: str | None = None, lm=None):
     """(lm, sae, hook, outlier_mult) for a run directory or any SAELens SAE directory."""
     from sae.architectures import load_sae
-    from sae.models import load_model
 
     torch.set_flush_denormal(True)
     device = device or default_device()
     sae = load_sae(run_dir, device)
     if lm is None:
-        lm = load_model(model or model_spec_for(sae), device)
+        lm = load_model_for(sae, model, device)
     hook = sae_hook(sae, lm)
     return lm, sae, hook, outlier_mult_for(run_dir, sae)

@@ -17,6 +17,7 @@ import yaml
 
 from sae.architectures import ARCHITECTURES
 from sae.errors import UserError
+from sae.models import AUTOCAST_MODES
 
 DATA_MODES = ("cache", "stream")
 B_DEC_INITS = ("geometric_median", "mean", "zeros")
@@ -27,7 +28,10 @@ OPTIMIZERS = ("adam", "signum")
 class ModelConfig:
     name: str = "smollm2-135m"  # embedded name, hub id, local HF directory or .gguf file
     device: str = "auto"  # auto (cuda when present, else cpu) | cpu | cuda | cuda:N
-    dtype: str = "float32"  # the LM's weights; on CUDA the forward runs under bf16 autocast
+    dtype: str = "float32"  # the LM's weights
+    # auto: bf16 autocast on CUDA, float32 on CPU | bf16: every LM forward under bf16 autocast (a CPU
+    # without native bf16 falls back to float32) | off: never. Written resolved (bf16/off) to RUN/config.yaml.
+    autocast: str = "auto"
     compile: bool = False  # torch.compile the blocks up to the deepest hook (CPU: pays only on long runs, warm cache)
 
 
@@ -262,6 +266,8 @@ def _name(spec: SAESpec) -> str:
 def validate(cfg: Config) -> None:
     """Value checks that need no model (hook points are checked once the model is loaded)."""
     d, t = cfg.data, cfg.train
+    if cfg.model.autocast not in AUTOCAST_MODES:
+        raise UserError(f"model.autocast must be one of {', '.join(AUTOCAST_MODES)}, got {cfg.model.autocast!r}")
     if d.mode not in DATA_MODES:
         raise UserError(f"data.mode must be one of {', '.join(DATA_MODES)}, got {d.mode!r}")
     if d.cache_dtype not in ("float32", "bfloat16", "float16"):

@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 
 from sae.data import TokenBatch, position_mask
-from sae.harvest import special_ids
+from sae.harvest import mask_dtype, special_ids
 from sae.hooks import add_hook, parse_hook, replay_prefix
 
 DENSE_THRESHOLD = 0.1  # a latent is `dense` when active on more than 10% of tokens
@@ -60,7 +60,7 @@ def evaluate_sae(sae, x: torch.Tensor, batch: int = 4096) -> dict:
 @torch.no_grad()
 def _ce(model, batch: TokenBatch) -> tuple[float, int]:
     """Summed next-token cross-entropy within each document segment, and the number of targets."""
-    logits = model(**batch.forward_kwargs(next(model.parameters()).dtype), use_cache=False).logits.float()
+    logits = model(**batch.forward_kwargs(mask_dtype(model)), use_cache=False).logits.float()
     same = batch.doc_ids[:, 1:] == batch.doc_ids[:, :-1]
     lp = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
                                            batch.input_ids[:, 1:].reshape(-1), reduction="none")

@@ -5,7 +5,6 @@ batches before training sees them (neighbouring tokens are highly correlated).""
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -51,28 +50,27 @@ def _prefetch(batches: Iterable[TokenBatch], device: torch.device) -> Iterator[t
         yield cur
 
 
-def forward_acts(model, batch: TokenBatch, hooks: list[str], autocast_dtype: torch.dtype | None = None
-                 ) -> dict[str, torch.Tensor]:
-    """Activations at `hooks` for a packed batch (no grad; stops after the deepest hook)."""
-    device = batch.input_ids.device
-    ctx = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
-           else contextlib.nullcontext())
-    with torch.inference_mode(), ctx:
-        mask_dtype = autocast_dtype or next(model.parameters()).dtype
-        return run_to_hooks(model, hooks, **batch.forward_kwargs(mask_dtype))
+def forward_acts(model, batch: TokenBatch, hooks: list[str]) -> dict[str, torch.Tensor]:
+    """Activations at `hooks` for a packed batch (no grad; stops after the deepest hook). The
+    precision is the model's own (`sae.models.load_model`'s `autocast`)."""
+    with torch.inference_mode():
+        return run_to_hooks(model, hooks, **batch.forward_kwargs(mask_dtype(model)))
+
+
+def mask_dtype(model) -> torch.dtype:
+    """The dtype of a 4D attention mask for `model`: its autocast dtype when its forward runs
+    under one (sae.models.autocast_forward), else its weights'."""
+    return getattr(model, "emosae_autocast", None) or next(model.parameters()).dtype
 
 
 def harvest(model, tokenizer, batches: Iterable[TokenBatch], hooks: list[str],
-            outlier_mult: float | None = 10.0, autocast_dtype: torch.dtype | None = None
-            ) -> Iterator[ActivationChunk]:
+            outlier_mult: float | None = 10.0) -> Iterator[ActivationChunk]:
     """Masked activations at every hook, one chunk per batch. With several hooks, a position is
     kept only where it is kept at every hook, so rows stay aligned across SAEs."""
     device = next(model.parameters()).device
-    if autocast_dtype is None and device.type == "cuda":
-        autocast_dtype = torch.bfloat16
     specials = special_ids(tokenizer)
     for host, dev in _prefetch(batches, device):
-        acts = forward_acts(model, dev, hooks, autocast_dtype)
+        acts = forward_acts(model, dev, hooks)
         keep = None
         for h in hooks:
             k = position_mask(dev.input_ids, dev.positions, specials, acts[h], outlier_mult)

@@ -106,13 +106,26 @@ def _site(model: nn.Module, hp: HookPoint) -> tuple[nn.Module, str]:
     return block.get_submodule(arch.attn if hp.kind == "hook_attn_out" else arch.mlp), "output"
 
 
+def _outside_autocast(fn: Callable[[torch.Tensor], torch.Tensor | None]) -> Callable:
+    """`fn` with autocast off: an SAE or a clamp inside a bf16-autocast forward still computes in
+    float32 (it gets the activation as the model made it, usually float32 on the residual stream)."""
+    def wrapped(x: torch.Tensor):
+        if not torch.is_autocast_enabled(x.device.type):
+            return fn(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return fn(x)
+    return wrapped
+
+
 def add_hook(model: nn.Module, hook: str | HookPoint,
              fn: Callable[[torch.Tensor], torch.Tensor | None]) -> torch.utils.hooks.RemovableHandle:
     """Call `fn(activation)` at a hook point; if it returns a tensor, that replaces the activation.
 
-    Activations are [batch, seq, d_model] whatever the module returns around them (tuples, kwargs)."""
+    Activations are [batch, seq, d_model] whatever the module returns around them (tuples, kwargs).
+    `fn` runs with autocast off (`_outside_autocast`)."""
     hp = hook if isinstance(hook, HookPoint) else parse_hook(hook, model)
     module, where = _site(model, hp)
+    fn = _outside_autocast(fn)
     if where == "input":
         def pre(mod, args, kwargs):
             if args:

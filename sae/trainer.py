@@ -29,7 +29,7 @@ from sae.errors import UserError
 from sae.evals import ce_loss_score, evaluate_sae
 from sae.hooks import module_path, parse_hook
 from sae.io import write_json_atomic, write_text_atomic
-from sae.models import LoadedModel, compile_blocks, load_model
+from sae.models import LoadedModel, compile_blocks, load_model, resolve_autocast
 from sae.train_data import (HELDOUT_FILE, CacheSource, HeldOut, StreamSource, cache_dir_for, harvest_heldout,
                             harvest_train_cache, train_part, _complete)
 from sae.train_step import SAETrainer
@@ -101,11 +101,12 @@ def _train(cfg: Config, run_dir: Path, resume: bool, d: Dist) -> dict:
     ckpt_path = checkpoint.latest(run) if resume else None
     if resume and ckpt_path is None and d.main:
         log.info("no checkpoint in %s yet: starting the run from the beginning", run)
+    cfg.model.autocast = resolve_autocast(cfg.model.autocast, _device(cfg.model.device, d))
     if d.main:
         run.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run / CONFIG_FILE, cfg.to_yaml())
     device = _device(cfg.train.device, d)
-    lm = load_model(cfg.model.name, _device(cfg.model.device, d), cfg.model.dtype)
+    lm = load_model(cfg.model.name, _device(cfg.model.device, d), cfg.model.dtype, cfg.model.autocast)
     hooks = list(dict.fromkeys(s.hook for s in cfg.saes))
     points = {h: parse_hook(h, lm.model) for h in hooks}
     if cfg.model.compile:

@@ -92,7 +92,7 @@ def bare_forward(lm, rows, hook: str, args) -> float:
 
 # --- emosae --------------------------------------------------------------------------------------
 def emosae_config(args, tmp: Path, saes: str, tokens: int, tag: str, compile: bool = False):
-    text = (f"model: {{name: {args.model}, compile: {str(compile).lower()}}}\n"
+    text = (f"model: {{name: {args.model}, compile: {str(compile).lower()}, autocast: 'off'}}\n"  # fp32, as the others
             f"data: {{dataset: {args.dataset}, context_size: {args.context}, token_budget: {args.batch}, "
             f"tokens: {tokens}, heldout_tokens: {args.heldout_tokens}, cache: {tmp / ('cache-' + tag)}, "
             f"mode: {args.data_mode}}}\n"
@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_flush_denormal(True)
     torch.manual_seed(0)
 
-    lm = load_model(args.model)
+    lm = load_model(args.model, autocast="off")  # fp32 for every tool (the bare forward too)
     held, train_rows = rows_for(args, lm.tokenizer)
     x_ho = heldout_acts(lm, held, args.hook, args)
     tokens = len(train_rows) * args.context

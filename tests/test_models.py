@@ -105,3 +105,56 @@ def test_compiled_blocks_match_eager_and_keep_hooks(tmp_path, monkeypatch):
             assert torch.count_nonzero(seen) == 0, edited
         assert tolerance_close(run_to_hooks(model, [names[-1]], input_ids=ids)[names[-1]], eager[names[-1]])
     assert (tmp_path / "inductor").is_dir()
+
+
+def test_autocast_modes_resolve(monkeypatch, caplog):
+    from sae import models
+
+    assert models.resolve_autocast("auto", "cpu") == "off" and models.resolve_autocast("off", "cpu") == "off"
+    assert models.resolve_autocast("auto", "cuda") == "bf16" and models.resolve_autocast("off", "cuda") == "off"
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
+    assert models.resolve_autocast("bf16", "cpu") == "bf16"
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: False)
+    with caplog.at_level("WARNING"):
+        assert models.resolve_autocast("bf16", "cpu") == "off"  # emulated bf16 would be slower
+    assert "no native bf16" in caplog.text
+    with pytest.raises(UserError, match="autocast"):
+        models.resolve_autocast("fp8", "cpu")
+
+
+def test_bf16_autocast_model(lm, monkeypatch, tmp_path):
+    """Every forward of a bf16 model runs its matmuls in bf16; hook functions (SAEs, clamps) still
+    compute in float32; its activations are close to float32's but not the same numbers, so caches
+    and the SAEs trained on them record the precision, and later stages load the model that way."""
+    from labeling.scoring import cache_key, load_model_for
+    from sae import models
+    from sae.architectures import SAEConfig, SparseAutoencoder
+    from sae.data import TokenBatch
+    from sae.harvest import forward_acts
+    from sae.hooks import add_hook, blocks_of
+
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
+    lm16 = load_model("smollm2-135m", autocast="bf16")
+    assert lm16.autocast == "bf16" and lm16.provenance["autocast"] == "bf16" and "autocast" not in lm.provenance
+    seen = {}
+    block = blocks_of(lm16.model)[3]
+    raw = block.mlp.down_proj.register_forward_hook(lambda m, a, out: seen.update(mlp=out.dtype))
+
+    def in_hook(x):
+        seen.update(hook=(x.dtype, torch.is_autocast_enabled("cpu")))
+    handle = add_hook(lm16.model, "blocks.3.hook_resid_post", in_hook)
+    ids = lm.tokenizer("The letter said the dog had come home after three days.", return_tensors="pt").input_ids
+    batch = TokenBatch(ids, torch.zeros_like(ids), torch.arange(ids.shape[1])[None])
+    a16 = forward_acts(lm16.model, batch, ["blocks.15.hook_resid_post"])["blocks.15.hook_resid_post"][0, 1:]
+    raw.remove()
+    handle.remove()
+    assert seen == {"mlp": torch.bfloat16, "hook": (torch.float32, False)}
+    a32 = forward_acts(lm.model, batch, ["blocks.15.hook_resid_post"])["blocks.15.hook_resid_post"][0, 1:]
+    rel = ((a16.float() - a32).norm(dim=-1) / a32.norm(dim=-1)).median()
+    assert 0 < rel < 0.05, rel
+    assert cache_key(lm16, ["x"], "h", 10.0, None) != cache_key(lm, ["x"], "h", 10.0, None)
+    sae = SparseAutoencoder(SAEConfig(d_in=576, d_sae=64, k=4, metadata={
+        "model_id": EMBEDDED_ID, "provenance": lm16.provenance}))
+    assert load_model_for(sae, device="cpu").autocast == "bf16"
+    sae.cfg.metadata["provenance"] = lm.provenance
+    assert load_model_for(sae, device="cpu").autocast == "off"

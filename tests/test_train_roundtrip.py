@@ -35,6 +35,7 @@ def test_run_layout(multi_run):
     index = json.loads((run / "index.json").read_text())
     assert [s["name"] for s in index["saes"]] == ARCHS
     assert (run / "config.yaml").exists() and list((run / "checkpoints").glob("ckpt_*.pt"))
+    assert "autocast: 'off'" in (run / "config.yaml").read_text()  # "auto" on CPU, written resolved
     for name in ARCHS:
         d = run / name
         m = json.loads((d / "metrics.json").read_text())

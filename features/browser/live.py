@@ -45,10 +45,9 @@ class Live:
     """A model and the run's SAE, loaded once for the server's lifetime."""
 
     def __init__(self, run_dir: str | Path, model_spec: str = "auto", device: str = "cpu"):
-        from labeling.scoring import model_spec_for, outlier_mult_for
+        from labeling.scoring import load_model_for, outlier_mult_for
         from sae.architectures import load_sae
         from sae.hooks import parse_hook
-        from sae.models import load_model
 
         run_dir = Path(run_dir)
         self.clamp_mod: Any = None
@@ -61,7 +60,7 @@ class Live:
         except ImportError as e:
             log.info("browse: features.clamp is not available (%s); the clamp playground is hidden", e)
             self.sae = load_sae(run_dir, device=device)
-        self.lm = load_model(model_spec_for(self.sae) if model_spec == "auto" else model_spec, device=device)
+        self.lm = load_model_for(self.sae, None if model_spec == "auto" else model_spec, device)
         d_model = int(self.lm.model.config.hidden_size)
         if int(self.sae.W_dec.shape[1]) != d_model:
             raise UserError(f"the SAE reads d_in={self.sae.W_dec.shape[1]} but {self.lm.model_id} has hidden size "
