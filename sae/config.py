@@ -209,6 +209,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if tp is str:
         if isinstance(value, (dict, list)) or value is None:
             raise UserError(f"{path} must be a string, got {value!r}")
+        if isinstance(value, bool):  # YAML 1.1 reads a bare off/on (model.autocast: off) as a boolean
+            return "on" if value else "off"
         return str(value)
     raise AssertionError(f"unhandled type {tp} for {path}")
 
@@ -267,7 +269,8 @@ def validate(cfg: Config) -> None:
     """Value checks that need no model (hook points are checked once the model is loaded)."""
     d, t = cfg.data, cfg.train
     if cfg.model.autocast not in AUTOCAST_MODES:
-        raise UserError(f"model.autocast must be one of {', '.join(AUTOCAST_MODES)}, got {cfg.model.autocast!r}")
+        raise UserError(f"model.autocast must be one of {', '.join(AUTOCAST_MODES)}, got {cfg.model.autocast!r}"
+                        f"{_suggest(str(cfg.model.autocast), list(AUTOCAST_MODES))}")
     if d.mode not in DATA_MODES:
         raise UserError(f"data.mode must be one of {', '.join(DATA_MODES)}, got {d.mode!r}")
     if d.cache_dtype not in ("float32", "bfloat16", "float16"):

@@ -33,6 +33,8 @@ def test_defaults_and_overrides(tmp_path):
     assert cfg.saes[0].d_sae == 1024 and cfg.saes[0].k == 8 and cfg.train.batch_size == 512
     assert cfg.train.lr == 3e-4 and cfg.data.tokens == 250_000 and cfg.log.wandb.project == "emo"
     assert cfg.data.outlier_mult is None and cfg.train.betas == [0.8, 0.99]
+    assert cfg.model.autocast == "auto"
+    assert load_config(_write(tmp_path, "model: {autocast: off}\n")).model.autocast == "off"  # YAML's bare off
     assert not cfg.multi and cfg.saes[0].name == "topk-1024-k8-L15_resid_post"
     # the resolved YAML loads back to the same config
     again = load_config(_write(tmp_path, cfg.to_yaml()))
@@ -54,6 +56,7 @@ def test_defaults_and_overrides(tmp_path):
     ("data: {mode: disk}\n", [], "data.mode must be one of"),
     ("train: {decay_start: 2}\n", [], "decay_start"),
     ("train: {optimizer: signam}\n", [], "did you mean 'signum'"),
+    ("model: {autocast: bf61}\n", [], "did you mean 'bf16'"),
     ("train: {momentum: 1.5}\n", [], "train.momentum must be in"),
     ("", ["train.lr"], "section.key=value"),
     ("saes: [{}]\n", ["sae.k=3"], "saes.N.k"),
@@ -90,6 +93,7 @@ def test_demo_preset():
     assert cfg.data.dataset == "labeling/data/sae_corpus.jsonl.gz" and cfg.data.mode == "cache"
     assert (ROOT / cfg.data.dataset).exists()
     assert 200_000 <= cfg.data.tokens <= 300_000
+    assert cfg.model.autocast == "bf16"
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
