@@ -11,15 +11,16 @@ import sys
 import torch
 
 from features.clamp import clamp, load_run
+from labeling.scoring import load_model_for
 from sae.errors import UserError
-from sae.models import load_model
 
 run_dir, feature, strength, prompt = (sys.argv[1:5] + [None] * 4)[:4]
 run_dir, feature, strength = run_dir or "runs/demo", feature or "happy", strength or "4x"
 prompt = prompt or "Write two sentences about your morning."
 
 run = load_run(run_dir)                   # the SAE, labels.json, max_act, mean_resid_norm, vectors
-lm = load_model("smollm2-135m")           # or any hub id / local dir the SAE was trained on
+lm = load_model_for(run.sae, device="cpu")  # the LM the SAE was trained on, at its precision (model.autocast);
+                                          # or sae.models.load_model(any hub id / local dir)
 tok, model = lm.tokenizer, lm.model
 
 chat = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
