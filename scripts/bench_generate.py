@@ -11,8 +11,10 @@ on the same rows:
   every row's prompt and continuation, as emosae scored before. `score` runs each distinct prompt
   once and copies its KV cache to the rows that share it; the script reports the largest relative
   NLL difference (float rounding only).
+- `--bf16`: emosae's sampler with the model under bf16 autocast (`model.autocast: bf16`), against
+  the float32 one; its texts differ (other logits), so the script counts the rows that stay equal.
 
-    .venv/bin/python scripts/bench_generate.py [--prompts 8] [--samples 8] [--repeat 2] [--json]
+    .venv/bin/python scripts/bench_generate.py [--prompts 8] [--samples 8] [--repeat 2] [--bf16] [--json]
 
 The tools alternate over `--repeat` rounds (a shared machine's speed drifts); each speed is the
 median round, each ratio the median of the per-round ratios."""
@@ -97,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--bf16", action="store_true",
+                   help="also sample with the model under bf16 autocast (model.autocast: bf16): speed vs float32")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     torch.set_flush_denormal(True)
@@ -106,7 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = [ids[i] for i in range(len(ids)) for _ in range(args.samples)]
     seeds = [j for _ in range(len(ids)) for j in range(args.samples)]
     kw = dict(max_new_tokens=args.max_new_tokens, temperature=0.7, top_p=0.95, batch_size=args.batch_size)
-    run_ours(lm, rows[:4], seeds[:4], kw)  # warm-up
+    lm16 = load_model(args.model, autocast="bf16") if args.bf16 else None
+    if lm16 is not None and lm16.autocast != "bf16":
+        print("bf16 autocast: this CPU has no native bf16; skipped", file=sys.stderr)
+        lm16 = None
+    for model in (lm, lm16) if lm16 is not None else (lm,):
+        run_ours(model, rows[:4], seeds[:4], kw)  # warm-up
     rounds, identical, nll_rel = [], True, 0.0
     for r in range(args.repeat):
         res = {}
@@ -118,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         identical &= ours == ref
         secs, hf = run_hf(lm, rows, kw)
         res["hf"] = {"seconds": secs, "new_tokens": sum(map(len, hf))}
+        if lm16 is not None:
+            secs, b16 = run_ours(lm16, rows, seeds, kw)
+            res["emosae_bf16"] = {"seconds": secs, "new_tokens": sum(map(len, b16)),
+                                  "same_text_rows": sum(x == y for x, y in zip(ours, b16))}
         for v in res.values():
             v["new_tokens_per_s"] = v["new_tokens"] / v["seconds"]
         secs, nll = run_score(lm, rows, ours, args.batch_size // 2)
@@ -130,11 +143,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"round {r}: " + ", ".join(f"{k} {v['seconds']:.1f}s" for k, v in res.items()), file=sys.stderr)
     out = {"rows": len(rows), "max_new_tokens": args.max_new_tokens, "threads": torch.get_num_threads(),
            "identical_to_reference": identical, "score_max_rel_nll_diff": nll_rel}
-    for name in ("emosae", "reference", "hf"):
+    samplers = ("emosae", "reference", "hf") + (("emosae_bf16",) if lm16 is not None else ())
+    for name in samplers:
         runs = sorted((res[name] for res in rounds), key=lambda v: v["new_tokens_per_s"])
         out[name] = runs[(len(runs) - 1) // 2] | {"rounds_s": [res[name]["seconds"] for res in rounds]}
     out["ratios"] = {f"emosae_vs_{b}": statistics.median(res["emosae"]["new_tokens_per_s"] / res[b]["new_tokens_per_s"]
                                                          for res in rounds) for b in ("reference", "hf")}
+    if lm16 is not None:
+        out["ratios"]["bf16_vs_emosae"] = statistics.median(res["emosae_bf16"]["new_tokens_per_s"]
+                                                            / res["emosae"]["new_tokens_per_s"] for res in rounds)
     for name in ("score", "score_whole_rows"):
         out[name] = {"seconds": statistics.median(res[name]["seconds"] for res in rounds),
                      "rounds_s": [res[name]["seconds"] for res in rounds]}
@@ -144,13 +161,15 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(out))
     else:
         print(f"{out['rows']} rows x {args.max_new_tokens} new tokens, {out['threads']} threads")
-        for name in ("emosae", "reference", "hf"):
+        for name in samplers:
             v = out[name]
             print(f"{name:>10}: {v['new_tokens_per_s']:7.1f} new tok/s  ({v['seconds']:.1f} s, rounds "
                   + " / ".join(f"{s:.1f}" for s in v["rounds_s"]) + ")")
         for k, v in out["ratios"].items():
             print(f"{k}: {v:.2f}x")
         print(f"texts identical to the full-vocabulary sampler: {identical}")
+        if lm16 is not None:
+            print(f"bf16 rows whose text equals float32's: {out['emosae_bf16']['same_text_rows']} of {out['rows']}")
         for name in ("score", "score_whole_rows"):
             v = out[name]
             print(f"{name:>16}: {v['seconds']:.1f} s (rounds " + " / ".join(f"{s:.1f}" for s in v["rounds_s"]) + ")")

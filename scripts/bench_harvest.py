@@ -1,8 +1,10 @@
 """Harvest throughput against the limit: a bare forward stopped at the same layer, on the same
 batches of the embedded model, in one run; plus a full (untruncated) forward for scale, and peak
 RSS of harvesting into the disk cache at 1x and 10x the tokens (memory must not grow with it).
+`--bf16` adds the same harvest with the model under bf16 autocast (`model.autocast: bf16`): its
+speed against the float32 harvest of the same run, and how far its activations are from float32's.
 
-    .venv/bin/python scripts/bench_harvest.py [--tokens 16384] [--layer 15] [--json]
+    .venv/bin/python scripts/bench_harvest.py [--tokens 16384] [--layer 15] [--bf16] [--json]
 """
 
 from __future__ import annotations
@@ -64,6 +66,22 @@ def harvest_into_buffer(lm, batches, hook: str) -> float:
     return time.perf_counter() - t
 
 
+def bf16_harvest(lm, batches, hook: str, n: int, t_float32: float) -> dict:
+    """The same harvest with the model under bf16 autocast, bracketed by a second float32 one."""
+    from sae.harvest import forward_acts
+
+    lm16 = load_model(autocast="bf16")
+    if lm16.autocast != "bf16":
+        return {"error": "this CPU has no native bf16 (avx512_bf16/amx_bf16): load_model falls back to float32"}
+    harvest_into_buffer(lm16, batches[:1], hook)  # warm-up
+    t16 = harvest_into_buffer(lm16, batches, hook)
+    t32 = min(t_float32, harvest_into_buffer(lm, batches, hook))
+    a32 = forward_acts(lm.model, batches[0], [hook])[hook][:, 1:].float()
+    a16 = forward_acts(lm16.model, batches[0], [hook])[hook][:, 1:].float()
+    err = float(((a16 - a32).norm(dim=-1) / a32.norm(dim=-1)).median())
+    return {"harvest_tokens_per_s": n / t16, "ratio_vs_float32_harvest": t32 / t16, "median_rel_error": err}
+
+
 def cache_peak_rss(tokens: int, layer: int, source: str) -> float:
     """Peak RSS (MiB) of a separate process harvesting `tokens` into a fresh disk cache."""
     code = ("import resource,sys;sys.path.insert(0,%r);from sae.harvest_cli import harvest_to_cache;"
@@ -84,6 +102,7 @@ def main() -> None:
     ap.add_argument("--token-budget", type=int, default=4096)
     ap.add_argument("--dataset", default=None)
     ap.add_argument("--memory", action="store_true", help="also measure peak RSS at 1x and 10x tokens (slow)")
+    ap.add_argument("--bf16", action="store_true", help="also harvest under bf16 autocast (speed and error vs float32)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -102,6 +121,8 @@ def main() -> None:
     result = {"tokens": n, "layer": args.layer, "bare_truncated_tokens_per_s": bare,
               "harvest_tokens_per_s": n / t_harvest, "ratio": (n / t_harvest) / bare,
               "full_forward_tokens_per_s": n / t_full}
+    if args.bf16:
+        result["bf16"] = bf16_harvest(lm, batches, hook, n, t_harvest)
     if args.memory:
         small, big = args.tokens // 4, args.tokens * 10 // 4
         result["peak_rss_mib"] = {str(small): cache_peak_rss(small, args.layer, source),
@@ -113,6 +134,14 @@ def main() -> None:
         print(f"bare forward cut at layer {args.layer}: {bare:8.0f} tok/s")
         print(f"harvest into shuffle buffer:      {n / t_harvest:8.0f} tok/s   ratio {result['ratio']:.2f}")
         print(f"full forward (all 30 layers):     {n / t_full:8.0f} tok/s")
+        if args.bf16:
+            b = result["bf16"]
+            if "error" in b:
+                print(f"bf16 autocast: {b['error']}")
+            else:
+                print(f"harvest under bf16 autocast:      {b['harvest_tokens_per_s']:8.0f} tok/s   "
+                      f"{b['ratio_vs_float32_harvest']:.2f}x the float32 harvest; activations off by "
+                      f"{b['median_rel_error']:.1e} (median relative error)")
         if args.memory:
             for k, v in result["peak_rss_mib"].items():
                 print(f"peak RSS harvesting {k} tokens into the disk cache: {v:.0f} MiB")
