@@ -18,6 +18,7 @@ of a sequence (or `prompt_len=` when scoring a prompt+continuation in one forwar
 from __future__ import annotations
 
 import difflib
+import numbers
 import json
 import logging
 import re
@@ -50,7 +51,8 @@ class RunAssets:
     labels: dict | None = None
     max_act: torch.Tensor | None = None  # [d_sae]
     mean_resid_norm: float | None = None
-    vectors: dict[int, tuple[list[str], torch.Tensor]] = field(default_factory=dict)  # layer -> (emotions, [n, d])
+    # file key (features.vectors.vector_key: "layer_15" at resid_post, else e.g. "hook_mlp_out_15") -> (emotions, [n, d])
+    vectors: dict[str, tuple[list[str], torch.Tensor]] = field(default_factory=dict)
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> RunAssets:
@@ -72,10 +74,10 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> RunAsse
         value = json.loads((root / "metrics.json").read_text()).get("mean_resid_norm")
         assets.mean_resid_norm = float(value) if value is not None else None
     if (root / "vectors" / "vectors.safetensors").exists():
-        from features.vectors import load_vectors
+        from features.vectors import load_vector_set
 
-        emotions, by_layer = load_vectors(root)
-        assets.vectors = {layer: (emotions, mat) for layer, mat in by_layer.items()}
+        emotions, tensors, _ = load_vector_set(root)
+        assets.vectors = {key: (emotions, mat) for key, mat in tensors.items()}
     return assets
 
 
@@ -150,7 +152,7 @@ def parse_spec(spec: Any, default_mode: str = "set") -> tuple[str, Strength | No
         raise UserError(f"unknown clamp mode {mode!r}; use one of {', '.join(MODES)}")
     if mode == "ablate":
         if raw not in (None, "", 0, 0.0, "0"):
-            raise UserError(f"ablate takes no strength (got {raw!r}); write FEATURE:ablate")
+            raise UserError(f"ablate takes no strength (got {raw!r}); write \"ablate\" (CLI: FEATURE=ablate)")
         return mode, None
     if raw is None:
         raise UserError(f"mode {mode} needs a strength, e.g. {mode}=4x")
@@ -170,6 +172,7 @@ def nearest(name: str, choices: Iterable[str], n: int = 5) -> str:
 def resolve_feature(key: int | str, d_sae: int, labels: dict | None) -> tuple[int, str | None]:
     """A feature index (`812`, "812") or an emotion label from labels.json ("happy" = its top-ranked
     feature, "happy#2" = the second) -> (index, label)."""
+    key = _as_index(key)
     if isinstance(key, bool):
         raise UserError(f"feature {key!r} is neither an index nor a label")
     if isinstance(key, int) or (isinstance(key, str) and key.strip().lstrip("-").isdigit()):
@@ -209,6 +212,15 @@ def resolve_feature(key: int | str, d_sae: int, labels: dict | None) -> tuple[in
     return idx, name
 
 
+def _as_index(key: Any) -> Any:
+    """numpy integers and 0-d integer tensors (what topk/argsort hand back) -> int; else unchanged."""
+    if isinstance(key, numbers.Integral) and not isinstance(key, bool):
+        return int(key)
+    if torch.is_tensor(key) and key.numel() == 1 and not key.dtype.is_floating_point and key.dtype != torch.bool:
+        return int(key.item())
+    return key
+
+
 def _label_of(idx: int, labels: dict | None) -> str | None:
     if not labels:
         return None
@@ -216,14 +228,17 @@ def _label_of(idx: int, labels: dict | None) -> str | None:
     return entry.get("label")
 
 
-def resolve_vector(name: str, layer: int, assets: RunAssets | None) -> torch.Tensor:
-    """The unit emotion vector `name` at `layer` from RUN/vectors/vectors.safetensors."""
+def resolve_vector(name: str, hook: str, assets: RunAssets | None) -> torch.Tensor:
+    """The unit emotion vector `name` computed at exactly `hook` (RUN/vectors/vectors.safetensors)."""
+    from features.vectors import vector_key
+
     if assets is None or not assets.vectors:
-        raise UserError(f"vector {name!r} needs RUN/vectors/vectors.safetensors; run `emosae vectors RUN` first")
-    if layer not in assets.vectors:
-        raise UserError(f"no emotion vectors at layer {layer} (have layers {sorted(assets.vectors)}); "
-                        f"compute them at the SAE's layer or pass hook=blocks.L.hook_resid_post")
-    emotions, mat = assets.vectors[layer]
+        raise UserError(f"vector {name!r} needs RUN/vectors/vectors.safetensors; run `emosae vectors --run RUN` first")
+    key = vector_key(hook)
+    if key not in assets.vectors:
+        raise UserError(f"no emotion vectors at {hook} (this run has {', '.join(sorted(assets.vectors))}); "
+                        f"compute them there (`emosae vectors --run RUN` covers the SAE's hook) or pass a hook that has them")
+    emotions, mat = assets.vectors[key]
     lowered = [e.lower() for e in emotions]
     if name.lower() not in lowered:
         raise UserError(f"unknown emotion vector {name!r}; nearest: {nearest(name, lowered)}")
@@ -239,12 +254,15 @@ class Clamp:
     `record=True` keeps, per forward, the absolute positions and the edit norm per position."""
 
     def __init__(self, model: nn.Module, sae: Any, edits: list[Edit], hook: HookPoint, scope: str = "all",
-                 prompt_len: int | None = None, outlier_norm: float | None = None, record: bool = False):
+                 prompt_len: int | None = None, outlier_norm: float | None = None,
+                 outlier_median_mult: float | None = None, record: bool = False):
         self.model, self.sae, self.edits, self.hook = model, sae, edits, hook
         self.scope, self.prompt_len, self.outlier_norm, self.record = scope, prompt_len, outlier_norm, record
+        self.outlier_median_mult = outlier_median_mult
         self.log: list[dict] = []
         self._handles: list = []
         self._offset = 0
+        self._end: int | None = None  # sequence length after the last tracked forward
         self._seq_prompt_len: int | None = None
         self._prefix: torch.Tensor | None = None
         feats = [e for e in edits if e.feature is not None and e.mode != "add"]
@@ -264,7 +282,7 @@ class Clamp:
     def __enter__(self) -> "Clamp":
         if self._handles:
             raise RuntimeError("this clamp is already active")
-        self._offset, self._seq_prompt_len, self._prefix = 0, None, None
+        self._offset, self._end, self._seq_prompt_len, self._prefix = 0, None, None, None
         self._handles = [self.model.register_forward_pre_hook(self._track, with_kwargs=True)]
         try:
             self._handles.append(add_hook(self.model, self.hook, self._edit))
@@ -285,16 +303,20 @@ class Clamp:
             ids = kwargs.get("inputs_embeds")
         if ids is None:
             return
-        past = _cache_len(kwargs.get("cache", kwargs.get("past_key_values")))
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        past = _cache_len(cache)
         t = ids.shape[1]
-        if past > 0:  # a cached step of the current sequence
-            self._offset = past
+        if past > 0:  # a cached step
+            if past != self._end:  # a cache this clamp did not watch fill (a prefilled prompt): its
+                self._seq_prompt_len, self._prefix = past + t, None  # uncached tokens end the prompt
+            self._offset, self._end = past, past + t
             return
-        self._offset = 0
+        self._offset, self._end = 0, t
         prev = self._prefix
-        continuing = (prev is not None and prev.shape[0] == ids.shape[0] and t > prev.shape[1]
+        # without a cache, generate() re-feeds the growing sequence; a fresh cache object means a new one
+        continuing = (cache is None and prev is not None and prev.shape[0] == ids.shape[0] and t > prev.shape[1]
                       and torch.equal(ids[:, :prev.shape[1]], prev))
-        if not continuing:  # a new sequence; without a cache, generate() re-feeds the growing one
+        if not continuing:
             self._prefix = ids.detach()
             self._seq_prompt_len = t
 
@@ -312,8 +334,11 @@ class Clamp:
         where = self._scope_mask(t, x.device)
         if where is not None:
             where = where[None, :].expand(b, t)
-        if self.outlier_norm is not None:  # attention sinks: the SAE never saw them, leave them be
-            ok = x.float().norm(dim=-1) <= self.outlier_norm
+        if self.outlier_norm is not None or self.outlier_median_mult is not None:
+            # attention sinks: the SAE never saw them (sae.data.position_mask), leave them be
+            norms = x.float().norm(dim=-1)
+            bar = self.outlier_norm if self.outlier_norm is not None else self.outlier_median_mult * norms.median()
+            ok = norms <= bar
             where = ok if where is None else where & ok
         if not self.edits or (where is not None and not where.any()):
             self._remember(t, torch.zeros(b, t))
@@ -361,17 +386,20 @@ def stack(clamps: Sequence[Clamp], rows: Sequence[int]) -> Clamp:
     sampling is bound by reading the weights, so 64 rows cost about twice 16, not four times)."""
     if len(clamps) != len(rows) or not clamps:
         raise ValueError("one row count per clamp, and at least one clamp")
+    if any(not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 1 for n in rows):
+        raise ValueError(f"row counts must be positive integers, not {list(rows)}")
     first = clamps[0]
     for c in clamps:
         same = (c.model is first.model and c.sae is first.sae and c.hook == first.hook and c.scope == first.scope
-                and c.prompt_len == first.prompt_len and c.outlier_norm == first.outlier_norm)
+                and c.prompt_len == first.prompt_len and c.outlier_norm == first.outlier_norm
+                and c.outlier_median_mult == first.outlier_median_mult)
         if not same:
             raise ValueError("stacked clamps must share model, SAE, hook, scope, prompt_len and outlier handling")
         if c.row_mask is not None or any(e.direction.dim() != 1 for e in c.edits):
             raise ValueError("per-row clamps (controls over several directions, stacks) cannot be stacked")
     edits = [e for c in clamps for e in c.edits]
     out = Clamp(first.model, first.sae, edits, first.hook, scope=first.scope, prompt_len=first.prompt_len,
-                outlier_norm=first.outlier_norm, record=first.record)
+                outlier_norm=first.outlier_norm, outlier_median_mult=first.outlier_median_mult, record=first.record)
     mask = torch.zeros(sum(rows), len(edits))
     r0 = e0 = 0
     for c, n in zip(clamps, rows):
@@ -407,8 +435,12 @@ def clamp(model: nn.Module, sae: Any = None, features: Mapping[int | str, Any] |
     matched control); a list of seeds, one per batch row, gives each row its own directions (row i's
     exactly those of random_control=seeds[i]); control_kind "direction" draws it isotropically, "feature" takes a random other
     decoder row of the SAE (on the dictionary's manifold: "any feature at this strength").
-    skip_outliers: leave positions whose norm exceeds this x mean_resid_norm (the
-    attention sink) unedited; None edits every position."""
+    skip_outliers: leave positions whose norm exceeds this x mean_resid_norm (the attention sink)
+    unedited, or this x the forward's median norm when no mean_resid_norm is known (a bare SAE, as
+    sae.data.position_mask does); None edits every position.
+    A feature named twice (two labels that share it, or a label and its index) is edited once; with
+    two different edits it is an error. Hooks are the model's: a clamp steers every forward of
+    `model` while it is active, whichever thread runs it, and nested clamps on one feature compose."""
     if scope not in SCOPES:
         raise UserError(f"unknown scope {scope!r}; use one of {', '.join(SCOPES)}")
     if mode not in MODES:
@@ -429,12 +461,15 @@ def clamp(model: nn.Module, sae: Any = None, features: Mapping[int | str, Any] |
     hp = parse_hook(hook, model) if hook else (hp_sae if sae_obj is not None else None)
     if hp is None:
         raise UserError("no hook point: give an SAE (or run) or hook=blocks.L.hook_resid_post")
+    if features is not None and not isinstance(features, Mapping):
+        raise UserError(f"features is a dict {{feature: strength}} (e.g. {{'happy': '4x'}}), not {type(features).__name__}")
     if features and sae_obj is None:
         raise UserError("clamping features needs an SAE; pass a run directory or an SAE")
     if features and hp != hp_sae:
         raise UserError(f"features live at the SAE's hook {hp_sae.name}, not {hp.name}")
 
     edits: list[Edit] = []
+    by_feature: dict[int, Edit] = {}
     if features:
         w_dec = sae_obj.W_dec.detach()
         for key, spec in features.items():
@@ -449,13 +484,21 @@ def clamp(model: nn.Module, sae: Any = None, features: Mapping[int | str, Any] |
             else:
                 ma = None if max_act is None else float(max_act[idx])
                 value = strength.resolve(ma, mean_resid_norm, decoder_norm=norm, what=f"strength of {key}")
-            edits.append(Edit(str(key), m, strength, value, row, feature=idx, label=label))
+            edit = Edit(str(key), m, strength, value, row, feature=idx, label=label)
+            first = by_feature.setdefault(idx, edit)
+            if first is edit:
+                edits.append(edit)
+            elif (first.mode, first.value) == (m, value):  # two labels (or a label and its index) name one feature
+                log.info("%r and %r are both feature %d; clamping it once", first.name, edit.name, idx)
+            else:
+                raise UserError(f"{first.name!r} and {edit.name!r} are both feature {idx} with different edits "
+                                f"({first.mode} {first.value:g} vs {m} {value:g}); give it one")
     for key, spec in (vectors or {}).items():
         if isinstance(spec, tuple) and len(spec) == 2 and torch.is_tensor(spec[0]):
             direction, raw = spec[0].detach().float().cpu(), spec[1]
             direction = direction / direction.norm().clamp_min(1e-12)
         else:
-            direction, raw = resolve_vector(str(key), hp.layer, assets), spec
+            direction, raw = resolve_vector(str(key), hp.name, assets), spec
         if d_model is not None and direction.shape[-1] != d_model:
             raise UserError(f"vector {key!r} has {direction.shape[-1]} dims but the model's hidden size is {d_model}")
         m, strength = parse_spec(raw, "add") if not isinstance(raw, (int, float)) else ("add", parse_strength(raw))
@@ -470,7 +513,7 @@ def clamp(model: nn.Module, sae: Any = None, features: Mapping[int | str, Any] |
             raise UserError(f"unknown control kind {control_kind!r}; use one of {', '.join(CONTROL_KINDS)}")
         if control_kind == "feature" and sae_obj is None:
             raise UserError("a random-feature control needs an SAE; pass a run directory or an SAE")
-        one = isinstance(random_control, (int, float))
+        one = isinstance(random_control, numbers.Real) or (torch.is_tensor(random_control) and random_control.dim() == 0)
         seeds = [int(x) for x in ([random_control] if one else random_control)]
         if not seeds:
             raise UserError("random_control needs a seed or a non-empty list of seeds")
@@ -486,7 +529,10 @@ def clamp(model: nn.Module, sae: Any = None, features: Mapping[int | str, Any] |
         edits = [replace(e, direction=per_seed[0][i] if one else torch.stack([d[i] for d in per_seed]))
                  for i, e in enumerate(edits)]
     outlier = None if skip_outliers is None or mean_resid_norm is None else skip_outliers * float(mean_resid_norm)
-    return Clamp(model, sae_obj, edits, hp, scope=scope, prompt_len=prompt_len, outlier_norm=outlier, record=record)
+    # without a run's mean_resid_norm (a bare or SAELens SAE): the mask's own rule, x the forward's median norm
+    median_mult = skip_outliers if outlier is None else None
+    return Clamp(model, sae_obj, edits, hp, scope=scope, prompt_len=prompt_len, outlier_norm=outlier,
+                 outlier_median_mult=median_mult, record=record)
 
 
 def _random_like(direction: torch.Tensor, g: torch.Generator) -> torch.Tensor:

@@ -130,9 +130,10 @@ def left_padded(rows: list[list[int]], pad: int, device=None) -> tuple[torch.Ten
 @torch.no_grad()
 def generate(model, tokenizer, prompt_ids: list[list[int]], seeds: list[int], max_new_tokens: int = 40,
              temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 64,
-             context: Callable[[], ContextManager] | None = None, progress: str | None = None) -> Batch:
+             context: Callable[[], ContextManager] | ContextManager | None = None, progress: str | None = None) -> Batch:
     """Sample one continuation per (prompt ids, seed) row, left-padded in batches, KV cache on.
-    `context()` is entered around each `generate()` call (e.g. a clamp)."""
+    `context` (a clamp, or a function returning a context manager) is entered around each
+    `generate()` call."""
     from transformers import GenerationConfig
 
     if len(prompt_ids) != len(seeds):
@@ -149,7 +150,7 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], seeds: list[int], ma
         ids, mask = left_padded(rows, pad, device)
         width = ids.shape[1]
         sampler = SeededSampler(seeds[start:start + batch_size], temperature, top_p)
-        with (context() if context else contextlib.nullcontext()):
+        with _context(context):
             out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg,
                                  logits_processor=[sampler])
         for row in out[:, width:].tolist():
@@ -219,6 +220,17 @@ def _continuation_logits_shared(model, prompt_ids: list[list[int]], ids: torch.T
 
 
 @torch.no_grad()
+def _context(context) -> ContextManager:
+    """A re-enterable context manager (a Clamp) as is; a factory called; None a no-op."""
+    if context is None:
+        return contextlib.nullcontext()
+    if hasattr(context, "__enter__") and not callable(context):
+        return context
+    if not callable(context):
+        raise TypeError(f"context must be a clamp or a function returning a context manager, not {type(context).__name__}")
+    return context()
+
+
 def score(model, tokenizer, batch: Batch, steer: Callable[[int], ContextManager] | None = None,
           batch_size: int = 32) -> dict[str, list[float]]:
     """Per row: summed NLL and token count of the continuation under the unsteered model, and
@@ -226,6 +238,9 @@ def score(model, tokenizer, batch: Batch, steer: Callable[[int], ContextManager]
     continuation of KL(steered || unsteered) between next-token distributions."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
+    if steer is not None and not callable(steer):
+        raise TypeError("steer is a function of the prompt length, e.g. lambda pl: clamp(model, run, ..., prompt_len=pl): "
+                        "the clamp's prompt boundary must be the padded prompt width")
     out: dict[str, list[float]] = {"nll": [], "n_tokens": [], "kl": []}
     for s in range(0, len(batch.prompt_ids), batch_size):
         p_ids = batch.prompt_ids[s:s + batch_size]

@@ -239,5 +239,6 @@ def load_model(spec: str = EMBEDDED_SPEC, device: str | torch.device = "cpu",
     autocast_forward(model, mode)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
+    tok.padding_side = "left"  # a batch of prompts for generate() must end at its last column
     return LoadedModel(model=model, tokenizer=tok, model_id=model_id, source=source, path=path, sha256=sha,
                        autocast=mode)

@@ -39,7 +39,7 @@ def sample(steer=None, seed=0):
 
 
 feature_clamp = clamp(model, run, {feature: strength}, scope="generated")   # by label or index
-print(feature_clamp)                      # e.g. feature 812 (happy) set=4x (=31.2) [scope=generated, ...]
+print(feature_clamp)                      # e.g. feature 3961 (happy) set=4x (=31.2) [scope=generated, ...]
 print("baseline:", sample())
 print("clamped: ", sample(feature_clamp))
 

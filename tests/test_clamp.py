@@ -215,6 +215,100 @@ def test_kv_cache_generation_changes_text_and_matches_uncached(lm, assets):
     assert not torch.equal(vec, base)
 
 
+
+def test_a_reused_clamp_starts_a_new_sequence_with_each_generate_call(lm, assets):
+    """Multi-turn: the second generate() feeds turn one plus new user text; under scope="generated"
+    that new text is prompt, so a reused clamp must give what a fresh one gives."""
+    enc = _prompt(lm)
+    kw = dict(max_new_tokens=5, do_sample=False, pad_token_id=lm.tokenizer.eos_token_id)
+    reused = clamp(lm.model, assets, {"happy": "10x"}, scope="generated", record=True)
+    with torch.no_grad():
+        with reused:
+            first = lm.model.generate(**enc, **kw)
+            more = lm.tokenizer(" Then my friend said", add_special_tokens=False, return_tensors="pt")["input_ids"]
+            second_ids = torch.cat([first, more], 1)
+            k = len(reused.log)
+            second = lm.model.generate(input_ids=second_ids, **kw)
+        fresh = _gen_ids(lm, clamp(lm.model, assets, {"happy": "10x"}, scope="generated"), second_ids, kw)
+    assert reused.log[k]["positions"] == list(range(second_ids.shape[1]))
+    assert (reused.log[k]["delta_norm"] == 0).all()  # the whole second prompt is prompt
+    assert torch.equal(second, fresh)
+
+
+def _gen_ids(lm, steer, ids, kw):
+    with steer:
+        return lm.model.generate(input_ids=ids, **kw)
+
+
+def test_scope_generated_with_a_prefilled_prompt_cache(lm, assets):
+    """generate() handed a cache that already holds most of the prompt: the uncached prompt tokens
+    are still prompt, and every generated token is steered, as without the prefill."""
+    from transformers import DynamicCache
+
+    ids = _prompt(lm)["input_ids"]
+    kw = dict(max_new_tokens=8, do_sample=False, pad_token_id=lm.tokenizer.eos_token_id)
+    with torch.no_grad():
+        cache = DynamicCache(config=lm.model.config)
+        lm.model(input_ids=ids[:, :-2], cache=cache, use_cache=True)
+        c = clamp(lm.model, assets, {"happy": "12x"}, scope="generated", record=True)
+        prefilled = _gen_ids(lm, c, ids, dict(kw, cache=cache))
+        plain = _gen_ids(lm, clamp(lm.model, assets, {"happy": "12x"}, scope="generated"), ids, kw)
+        base = lm.model.generate(input_ids=ids, **kw)
+    plen = ids.shape[1]
+    assert c.log[0]["positions"] == [plen - 2, plen - 1] and (c.log[0]["delta_norm"] == 0).all()
+    assert all((call["delta_norm"] > 0).all() for call in c.log[1:])
+    assert torch.equal(prefilled, plain) and not torch.equal(plain, base)
+
+
+def test_a_feature_named_twice_is_edited_once(lm, assets):
+    import numpy as np
+
+    enc = _prompt(lm)
+    with torch.no_grad():
+        with clamp(lm.model, assets, {"happy": 5.0}):
+            once = lm.model(**enc).logits
+        with clamp(lm.model, assets, {"happy": 5.0, 3: 5.0}) as c:  # "happy" is feature 3
+            twice = lm.model(**enc).logits
+        with clamp(lm.model, assets, {np.int64(3): 5.0}):  # what argsort hands back
+            numpy_key = lm.model(**enc).logits
+    assert len(c.edits) == 1 and torch.equal(once, twice) and torch.equal(once, numpy_key)
+    with pytest.raises(UserError, match="both feature 3"):
+        clamp(lm.model, assets, {"happy": 5.0, 3: "ablate"})
+    with pytest.raises(UserError, match="dict"):
+        clamp(lm.model, assets, ["happy"])
+
+
+def test_a_bare_sae_skips_the_attention_sink_like_a_run(lm, assets):
+    """Without the run's mean_resid_norm the clamp falls back on the mask's median rule, so the same
+    SAE edits the same positions whether it comes as a run or bare."""
+    enc = _prompt(lm)
+    with torch.no_grad():
+        with clamp(lm.model, assets, {3: 8.0}, record=True) as as_run:
+            a = lm.model(**enc).logits
+        with clamp(lm.model, assets.sae, {3: 8.0}, record=True) as bare:
+            b = lm.model(**enc).logits
+    assert bare.log[0]["delta_norm"][0, 0] == 0 and (bare.log[0]["delta_norm"][0, 1:] > 0).all()
+    assert torch.equal(as_run.log[0]["delta_norm"] > 0, bare.log[0]["delta_norm"] > 0)
+    assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_vectors_only_at_the_hook_they_were_computed_at(lm, assets):
+    with pytest.raises(UserError, match="no emotion vectors at blocks.15.hook_resid_pre") as e:
+        clamp(lm.model, assets, vectors={"happy": "0.05r"}, hook="blocks.15.hook_resid_pre")
+    _one_line(e)
+    assert clamp(lm.model, assets, vectors={"happy": "0.05r"}, hook=HOOK).edits
+
+
+def test_generate_takes_a_clamp_or_a_factory(lm, assets):
+    from features.generation import generate
+
+    ids = [_prompt(lm)["input_ids"][0].tolist()]
+    c = clamp(lm.model, assets, {"happy": "10x"}, scope="generated")
+    a = generate(lm.model, lm.tokenizer, ids, [3], max_new_tokens=5, context=c)
+    b = generate(lm.model, lm.tokenizer, ids, [3], max_new_tokens=5, context=lambda: c)
+    base = generate(lm.model, lm.tokenizer, ids, [3], max_new_tokens=5)
+    assert a.texts == b.texts and a.texts != base.texts
+
 @pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox"])
 def test_tiny_models_left_padded_scope_with_and_without_cache(family):
     """Other architectures, a left-padded batch: the same positions are edited whether generate()
@@ -504,7 +598,7 @@ def test_stacked_clamp_edits_each_block_of_rows_as_its_own_clamp(lm, assets):
 
     enc = lm.tokenizer(["Write two sentences about your morning."] * 3, return_tensors="pt")
     a = clamp(lm.model, assets, {"happy": "0.2r"})
-    b = clamp(lm.model, assets, {"sad": "add=0.1r", "7": "0.2r"})
+    b = clamp(lm.model, assets, {"sad": "add=0.1r", "11": "0.2r"})
     with torch.no_grad():
         with stack([a, b], [2, 1]):
             both = lm.model(**enc).logits
@@ -520,6 +614,9 @@ def test_stacked_clamp_edits_each_block_of_rows_as_its_own_clamp(lm, assets):
             lm.model(**lm.tokenizer(["Write about rain.", "Write about snow."], return_tensors="pt"))
     with pytest.raises(ValueError, match="per-row"):
         stack([clamp(lm.model, assets, {"happy": "0.2r"}, random_control=[1, 2])], [2])
+    for rows in ([3, -1], [2, 0], [1.5, 1]):
+        with pytest.raises(ValueError, match="positive integers"):
+            stack([a, b], rows)
 
 
 def _count_generate(monkeypatch) -> list:
