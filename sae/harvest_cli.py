@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from sae.cache import CacheWriter
+from sae.cache import MANIFEST, CacheWriter
 from sae.data import token_batches
+from sae.errors import UserError
 from sae.harvest import harvest
 from sae.hooks import parse_hook
 from sae.models import load_model
@@ -33,6 +34,11 @@ def harvest_to_cache(model: str, hooks: list[str], dataset: str, out: str, token
     for h in hooks:
         parse_hook(h, lm.model)
     out_dir = Path(out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} is a file, not a folder; give a new folder for the cache")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MANIFEST).exists():
+        raise UserError(f"--out {out_dir} exists and is not an activation cache (no {MANIFEST}); "
+                        "give a new folder (an existing cache there is replaced)")
     tmp = out_dir.with_name(f".{out_dir.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     meta = {"model_id": lm.model_id, "provenance": lm.provenance, "dataset": dataset,

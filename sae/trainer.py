@@ -106,7 +106,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, d: Dist) -> dict:
         run.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run / CONFIG_FILE, cfg.to_yaml())
     device = _device(cfg.train.device, d)
-    lm = load_model(cfg.model.name, _device(cfg.model.device, d), cfg.model.dtype, cfg.model.autocast)
+    lm = load_model(cfg.model.name, _device(cfg.model.device, d), cfg.model.dtype, cfg.model.autocast,
+                    "off" if cfg.model.compile else cfg.model.prepack)
     hooks = list(dict.fromkeys(s.hook for s in cfg.saes))
     points = {h: parse_hook(h, lm.model) for h in hooks}
     if cfg.model.compile:

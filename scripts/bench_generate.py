@@ -11,10 +11,12 @@ on the same rows:
   every row's prompt and continuation, as emosae scored before. `score` runs each distinct prompt
   once and copies its KV cache to the rows that share it; the script reports the largest relative
   NLL difference (float rounding only).
+- `--prepack`: emosae's sampler on the same model with plain F.linear (`model.prepack: off`, the
+  weights not prepacked for oneDNN), against the default prepacked one; texts should stay equal.
 - `--bf16`: emosae's sampler with the model under bf16 autocast (`model.autocast: bf16`), against
   the float32 one; its texts differ (other logits), so the script counts the rows that stay equal.
 
-    .venv/bin/python scripts/bench_generate.py [--prompts 8] [--samples 8] [--repeat 2] [--bf16] [--json]
+    .venv/bin/python scripts/bench_generate.py [--prompts 8] [--samples 8] [--repeat 2] [--prepack] [--bf16] [--json]
 
 The tools alternate over `--repeat` rounds (a shared machine's speed drifts); each speed is the
 median round, each ratio the median of the per-round ratios."""
@@ -101,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--bf16", action="store_true",
                    help="also sample with the model under bf16 autocast (model.autocast: bf16): speed vs float32")
+    p.add_argument("--prepack", action="store_true",
+                   help="also sample with plain F.linear (model.prepack: off): the prepacked sampler's speed against it")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     torch.set_flush_denormal(True)
@@ -114,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     if lm16 is not None and lm16.autocast != "bf16":
         print("bf16 autocast: this CPU has no native bf16; skipped", file=sys.stderr)
         lm16 = None
-    for model in (lm, lm16) if lm16 is not None else (lm,):
+    plain = load_model(args.model, prepack="off") if args.prepack else None
+    for model in [m for m in (lm, lm16, plain) if m is not None]:
         run_ours(model, rows[:4], seeds[:4], kw)  # warm-up
     rounds, identical, nll_rel = [], True, 0.0
     for r in range(args.repeat):
@@ -127,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
         identical &= ours == ref
         secs, hf = run_hf(lm, rows, kw)
         res["hf"] = {"seconds": secs, "new_tokens": sum(map(len, hf))}
+        if plain is not None:
+            secs, unpacked = run_ours(plain, rows, seeds, kw)
+            res["emosae_plain"] = {"seconds": secs, "new_tokens": sum(map(len, unpacked)),
+                                   "same_text_rows": sum(x == y for x, y in zip(ours, unpacked))}
         if lm16 is not None:
             secs, b16 = run_ours(lm16, rows, seeds, kw)
             res["emosae_bf16"] = {"seconds": secs, "new_tokens": sum(map(len, b16)),
@@ -143,12 +152,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"round {r}: " + ", ".join(f"{k} {v['seconds']:.1f}s" for k, v in res.items()), file=sys.stderr)
     out = {"rows": len(rows), "max_new_tokens": args.max_new_tokens, "threads": torch.get_num_threads(),
            "identical_to_reference": identical, "score_max_rel_nll_diff": nll_rel}
-    samplers = ("emosae", "reference", "hf") + (("emosae_bf16",) if lm16 is not None else ())
+    samplers = (("emosae", "reference", "hf") + (("emosae_plain",) if plain is not None else ())
+                + (("emosae_bf16",) if lm16 is not None else ()))
     for name in samplers:
         runs = sorted((res[name] for res in rounds), key=lambda v: v["new_tokens_per_s"])
         out[name] = runs[(len(runs) - 1) // 2] | {"rounds_s": [res[name]["seconds"] for res in rounds]}
     out["ratios"] = {f"emosae_vs_{b}": statistics.median(res["emosae"]["new_tokens_per_s"] / res[b]["new_tokens_per_s"]
                                                          for res in rounds) for b in ("reference", "hf")}
+    if plain is not None:
+        out["ratios"]["emosae_vs_plain"] = statistics.median(res["emosae"]["new_tokens_per_s"]
+                                                             / res["emosae_plain"]["new_tokens_per_s"] for res in rounds)
     if lm16 is not None:
         out["ratios"]["bf16_vs_emosae"] = statistics.median(res["emosae_bf16"]["new_tokens_per_s"]
                                                             / res["emosae"]["new_tokens_per_s"] for res in rounds)
@@ -168,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in out["ratios"].items():
             print(f"{k}: {v:.2f}x")
         print(f"texts identical to the full-vocabulary sampler: {identical}")
+        if plain is not None:
+            print(f"plain F.linear rows whose text equals the prepacked model's: "
+                  f"{out['emosae_plain']['same_text_rows']} of {out['rows']}")
         if lm16 is not None:
             print(f"bf16 rows whose text equals float32's: {out['emosae_bf16']['same_text_rows']} of {out['rows']}")
         for name in ("score", "score_whole_rows"):

@@ -1,10 +1,12 @@
 """Harvest throughput against the limit: a bare forward stopped at the same layer, on the same
 batches of the embedded model, in one run; plus a full (untruncated) forward for scale, and peak
 RSS of harvesting into the disk cache at 1x and 10x the tokens (memory must not grow with it).
+`--prepack` adds the same harvest with plain F.linear (`model.prepack: off`): the default prepacked
+harvest's speed against it, and how far apart their activations are.
 `--bf16` adds the same harvest with the model under bf16 autocast (`model.autocast: bf16`): its
 speed against the float32 harvest of the same run, and how far its activations are from float32's.
 
-    .venv/bin/python scripts/bench_harvest.py [--tokens 16384] [--layer 15] [--bf16] [--json]
+    .venv/bin/python scripts/bench_harvest.py [--tokens 16384] [--layer 15] [--prepack] [--bf16] [--json]
 """
 
 from __future__ import annotations
@@ -82,6 +84,20 @@ def bf16_harvest(lm, batches, hook: str, n: int, t_float32: float) -> dict:
     return {"harvest_tokens_per_s": n / t16, "ratio_vs_float32_harvest": t32 / t16, "median_rel_error": err}
 
 
+def plain_harvest(lm, batches, hook: str, n: int, t_packed: float) -> dict:
+    """The same harvest with plain F.linear, bracketed by a second prepacked one."""
+    from sae.harvest import forward_acts
+
+    plain = load_model(prepack="off")
+    harvest_into_buffer(plain, batches[:1], hook)  # warm-up
+    t_plain = harvest_into_buffer(plain, batches, hook)
+    t_packed = min(t_packed, harvest_into_buffer(lm, batches, hook))
+    a = forward_acts(plain.model, batches[0], [hook])[hook][:, 1:].float()
+    b = forward_acts(lm.model, batches[0], [hook])[hook][:, 1:].float()
+    err = float(((b - a).norm(dim=-1) / a.norm(dim=-1)).median())
+    return {"plain_tokens_per_s": n / t_plain, "ratio_prepacked_vs_plain": t_plain / t_packed, "median_rel_error": err}
+
+
 def cache_peak_rss(tokens: int, layer: int, source: str) -> float:
     """Peak RSS (MiB) of a separate process harvesting `tokens` into a fresh disk cache."""
     code = ("import resource,sys;sys.path.insert(0,%r);from sae.harvest_cli import harvest_to_cache;"
@@ -102,6 +118,7 @@ def main() -> None:
     ap.add_argument("--token-budget", type=int, default=4096)
     ap.add_argument("--dataset", default=None)
     ap.add_argument("--memory", action="store_true", help="also measure peak RSS at 1x and 10x tokens (slow)")
+    ap.add_argument("--prepack", action="store_true", help="also harvest with plain F.linear (speed and error vs prepacked)")
     ap.add_argument("--bf16", action="store_true", help="also harvest under bf16 autocast (speed and error vs float32)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -121,6 +138,8 @@ def main() -> None:
     result = {"tokens": n, "layer": args.layer, "bare_truncated_tokens_per_s": bare,
               "harvest_tokens_per_s": n / t_harvest, "ratio": (n / t_harvest) / bare,
               "full_forward_tokens_per_s": n / t_full}
+    if args.prepack:
+        result["prepack"] = plain_harvest(lm, batches, hook, n, t_harvest)
     if args.bf16:
         result["bf16"] = bf16_harvest(lm, batches, hook, n, t_harvest)
     if args.memory:
@@ -134,6 +153,11 @@ def main() -> None:
         print(f"bare forward cut at layer {args.layer}: {bare:8.0f} tok/s")
         print(f"harvest into shuffle buffer:      {n / t_harvest:8.0f} tok/s   ratio {result['ratio']:.2f}")
         print(f"full forward (all 30 layers):     {n / t_full:8.0f} tok/s")
+        if args.prepack:
+            pp = result["prepack"]
+            print(f"harvest with plain F.linear:      {pp['plain_tokens_per_s']:8.0f} tok/s   prepacked is "
+                  f"{pp['ratio_prepacked_vs_plain']:.2f}x faster; activations off by {pp['median_rel_error']:.1e} "
+                  "(median relative error)")
         if args.bf16:
             b = result["bf16"]
             if "error" in b:

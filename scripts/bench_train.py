@@ -92,7 +92,8 @@ def bare_forward(lm, rows, hook: str, args) -> float:
 
 # --- emosae --------------------------------------------------------------------------------------
 def emosae_config(args, tmp: Path, saes: str, tokens: int, tag: str, compile: bool = False):
-    text = (f"model: {{name: {args.model}, compile: {str(compile).lower()}, autocast: 'off'}}\n"  # fp32, as the others
+    text = (f"model: {{name: {args.model}, compile: {str(compile).lower()}, autocast: 'off', "  # fp32, as the others
+            f"prepack: '{args.prepack}'}}\n"
             f"data: {{dataset: {args.dataset}, context_size: {args.context}, token_budget: {args.batch}, "
             f"tokens: {tokens}, heldout_tokens: {args.heldout_tokens}, cache: {tmp / ('cache-' + tag)}, "
             f"mode: {args.data_mode}}}\n"
@@ -249,9 +250,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="emosae's data path: harvest into the disk cache, or a shuffle buffer in memory")
     p.add_argument("--lr", type=float, default=None,
                    help="emosae's lr (default: its rule for the optimizer; the others use their defaults)")
+    p.add_argument("--prepack", default="auto", choices=("auto", "off"),
+                   help="emosae's model.prepack (oneDNN-prepacked float32 linears on CPU; off: plain F.linear)")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--dead-tokens", type=int, default=50_000)
-    p.add_argument("--skip", default="", help="comma list of: limit,emosae,emosae_compiled,emosae_compiled_warm,"
+    p.add_argument("--skip", default="", help="comma list of: limit,limit_prepacked,emosae,emosae_compiled,emosae_compiled_warm,"
                                               "saelens,sparsify,sparsify_cut,four")
     p.add_argument("--repeat", type=int, default=1,
                    help="rounds of every tool, alternating; speeds and ratios are the medians over rounds")
@@ -266,12 +269,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_flush_denormal(True)
     torch.manual_seed(0)
 
-    lm = load_model(args.model, autocast="off")  # fp32 for every tool (the bare forward too)
+    lm = load_model(args.model, autocast="off", prepack="off")  # fp32, plain F.linear: the others' model, the limit
+    packed = load_model(args.model, autocast="off", prepack="on") if "limit_prepacked" not in skip else None
     held, train_rows = rows_for(args, lm.tokenizer)
     x_ho = heldout_acts(lm, held, args.hook, args)
     tokens = len(train_rows) * args.context
     log.info("%d training tokens (%d rows), %d held-out activations", tokens, len(train_rows), x_ho.shape[0])
     out: dict = {"tokens": tokens, "heldout_activations": int(x_ho.shape[0]), "device": "cpu", "emosae_optimizer": args.optimizer,
+                 "emosae_prepack": args.prepack,
                  "threads": torch.get_num_threads()}
     rounds: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench_train-") as d:
@@ -282,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
             if "limit" not in skip:
                 res["limit"] = {"tokens_per_s": tokens / bare_forward(lm, train_rows, args.hook, args)}
                 log.info("round %d: bare forward to %s: %.0f tok/s", r, args.hook, res["limit"]["tokens_per_s"])
+            if packed is not None:  # the same forward from emosae's prepacked linears (model.prepack)
+                res["limit_prepacked"] = {"tokens_per_s": tokens / bare_forward(packed, train_rows, args.hook, args)}
+                log.info("round %d: bare forward, prepacked: %.0f tok/s", r, res["limit_prepacked"]["tokens_per_s"])
             steps = [("emosae", lambda: run_emosae(args, tmp, x_ho)),
                      ("emosae_compiled", lambda: run_emosae(args, tmp, x_ho, "emosae_compiled", compile=True)),
                      ("emosae_compiled_warm", lambda: run_emosae(args, tmp, x_ho, "emosae_compiled_warm", compile=True)),
@@ -321,9 +329,9 @@ def summarize(rounds: list[dict]) -> dict:
         runs = [res[name] for res in rounds if name in res]
         ok = sorted((x for x in runs if "error" not in x), key=lambda x: x["tokens_per_s"])
         pick = ok[(len(ok) - 1) // 2] if ok else runs[0]
-        if name == "limit":
+        if name in ("limit", "limit_prepacked"):
             if ok:
-                out["limit_tokens_per_s"] = pick["tokens_per_s"]
+                out[f"{name}_tokens_per_s"] = pick["tokens_per_s"]
             continue
         out[name] = dict(pick)
         if len(rounds) > 1 and ok:
@@ -331,7 +339,7 @@ def summarize(rounds: list[dict]) -> dict:
     per_round: dict[str, list[float]] = {}
     for res in rounds:
         for ours in ("emosae", "emosae_compiled", "emosae_compiled_warm"):
-            for base in ("limit", "saelens", "sparsify", "sparsify_cut"):
+            for base in ("limit", "limit_prepacked", "saelens", "sparsify", "sparsify_cut"):
                 em, v = (res.get(ours, {}).get("tokens_per_s"), res.get(base, {}).get("tokens_per_s"))
                 if em and v:
                     per_round.setdefault(f"{ours}_vs_{base}", []).append(em / v)
@@ -342,7 +350,8 @@ def summarize(rounds: list[dict]) -> dict:
 
 
 def _table(out: dict) -> str:
-    lines = [f"tokens: {out['tokens']}   bare forward (limit): {out.get('limit_tokens_per_s', float('nan')):.0f} tok/s"]
+    lines = [f"tokens: {out['tokens']}   bare forward (limit): {out.get('limit_tokens_per_s', float('nan')):.0f} tok/s"
+             + (f"   prepacked: {out['limit_prepacked_tokens_per_s']:.0f} tok/s" if "limit_prepacked_tokens_per_s" in out else "")]
     for name in ("emosae", "emosae_compiled", "emosae_compiled_warm", "saelens", "sparsify", "sparsify_cut"):
         r = out.get(name)
         if r is None:

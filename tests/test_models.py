@@ -37,8 +37,10 @@ def test_converted_directory_matches_gguf_loaded_model(lm):
     gguf = embedded_gguf_path()
     direct = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32).eval()
     ids = torch.tensor([[504, 2365, 314, 253, 1205, 30, 7]])
+    plain = load_model("smollm2-135m", prepack="off")  # the conversion, bit for bit: plain F.linear
     with torch.no_grad():
-        assert torch.equal(direct(ids).logits, lm.model(ids).logits)
+        assert torch.equal(direct(ids).logits, plain.model(ids).logits)
+        assert torch.allclose(direct(ids).logits, lm.model(ids).logits, rtol=1e-4, atol=1e-3)  # prepacked
 
 
 def test_bad_model_specs(tmp_path):
@@ -64,12 +66,18 @@ def test_cli_errors_are_one_line_exit_2(tmp_path):
         (["harvest", "--model", str(tmp_path / "x.gguf"), "--dataset", str(bad), "--out", str(tmp_path / "c")], "does not exist"),
         (["harvest", "--hook", "blocks.99.hook_resid_post", "--dataset", str(bad), "--out", str(tmp_path / "c")], "out of range"),
     ]
+    mine = tmp_path / "mine"  # a folder of the user's: never replaced by a cache
+    mine.mkdir()
+    (mine / "keep.txt").write_text("precious")
+    cases += [(["harvest", "--dataset", str(bad), "--out", str(mine)], "not an activation cache"),
+              (["harvest", "--dataset", str(bad), "--out", str(mine / "keep.txt")], "is a file")]
     for argv, needle in cases:
         r = subprocess.run([sys.executable, "-m", "sae.cli", *argv], capture_output=True, text=True)
         assert r.returncode == 2, (argv, r.stderr)
         assert needle in r.stderr and "Traceback" not in r.stderr
         assert len([line for line in r.stderr.splitlines() if "error" in line]) == 1
     assert not (tmp_path / "c").exists()  # nothing half-written
+    assert [p.name for p in mine.iterdir()] == ["keep.txt"] and (mine / "keep.txt").read_text() == "precious"
 
 
 @pytest.mark.slow
@@ -160,3 +168,62 @@ def test_bf16_autocast_model(lm, monkeypatch, tmp_path):
     assert load_model_for(sae, device="cpu").autocast == "bf16"
     sae.cfg.metadata["provenance"] = lm.provenance
     assert load_model_for(sae, device="cpu").autocast == "off"
+
+
+def test_prepacked_linears_match_f_linear_and_fall_back(monkeypatch, caplog):
+    """`model.prepack`: inference forwards run oneDNN-prepacked weights, equal to F.linear to float
+    rounding in float32 and bit for bit under bf16 autocast; gradients, another precision and a
+    weight changed in place take F.linear on the weight itself."""
+    from sae import models
+    from sae.models import prepack_linears, resolve_prepack, unpack_linears
+    from tests.tiny_models import tiny_model
+
+    if not models._onednn_linear_ops():
+        pytest.skip("this torch has no oneDNN linear ops")
+    model = tiny_model("llama")
+    ids = torch.randint(0, 128, (4, 32), generator=torch.Generator().manual_seed(0))
+    step = ids[:, :1]  # a sampling step's shape
+    with torch.inference_mode():
+        plain, plain_step = model(input_ids=ids).logits, model(input_ids=step).logits
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            plain16 = model(input_ids=ids).logits
+    n = prepack_linears(model)
+    linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
+    assert n == len(linears) > 0
+    calls = []
+    real = torch.ops.mkldnn._linear_pointwise
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda *a: calls.append(1) or real(*a))
+    with torch.inference_mode():
+        packed = model(input_ids=ids).logits
+        assert len(calls) == n  # every linear, once
+        assert torch.allclose(packed, plain, rtol=1e-4, atol=1e-4) and torch.equal(packed, model(input_ids=ids).logits)
+        assert torch.allclose(model(input_ids=step).logits, plain_step, rtol=1e-4, atol=1e-4)
+        calls.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # float32 packs do not serve bf16 calls
+            assert torch.equal(model(input_ids=ids).logits, plain16)
+        assert not calls
+    x = torch.randn(2, 40, 64, requires_grad=True)
+    linears[0](x).sum().backward()  # autograd goes through F.linear
+    assert x.grad is not None and not calls
+    with torch.no_grad():
+        linears[0].weight.mul_(2)  # a weight edited in place: the packed copy is stale, never used
+        x = torch.randn(2, 40, 64)
+        assert torch.equal(linears[0](x), torch.nn.functional.linear(x, linears[0].weight, linears[0].bias))
+    assert not calls
+    unpack_linears(model)
+    assert not any("_emosae_packed" in m.__dict__ for m in model.modules())
+
+    model16 = tiny_model("llama")
+    prepack_linears(model16, torch.bfloat16)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(model16(input_ids=ids).logits, plain16)  # autocast's numbers, bit for bit
+    assert len(calls) == n
+
+    fp32 = tiny_model("llama")
+    assert resolve_prepack("auto", fp32, "off") and resolve_prepack("auto", fp32, "bf16")
+    assert not resolve_prepack("off", fp32, "off")
+    with caplog.at_level("WARNING"):
+        assert not resolve_prepack("on", tiny_model("llama").to(torch.bfloat16), "off")
+    assert "not float32" in caplog.text
+    with pytest.raises(UserError, match="prepack"):
+        resolve_prepack("yes", fp32, "off")

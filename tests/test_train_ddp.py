@@ -47,8 +47,16 @@ def _split_cache(src: Path, dst: Path, hook: str, world: int = 2) -> None:
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_equal_one(lm, tmp_path_factory):
-    cache = real_cache(lm, tmp_path_factory.getbasetemp())
+def test_two_gloo_processes_equal_one(tmp_path_factory):
+    """Two ranks' all-reduced gradients equal one process's to float rounding, not bit for bit, and
+    a TopK selection that falls within that rounding of a tie can pick another latent for one token;
+    Adam then moves that latent by a full step. On activations from the prepacked model (differing
+    by 1e-5 from plain float32's) that happened for 20 of 512 latents over these 2 epochs. So the
+    cache comes from the plain float32 model, whose activations have no such tie here: the test
+    checks the data-parallel machinery, not the luck of a tie."""
+    from sae.models import load_model
+
+    cache = real_cache(load_model("smollm2-135m", prepack="off"), tmp_path_factory.mktemp("plain"))
     tmp = tmp_path_factory.mktemp("ddp")
     hook = "blocks.15.hook_resid_post"
     split = tmp / "split"
