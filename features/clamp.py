@@ -196,6 +196,9 @@ def resolve_feature(key: int | str, d_sae: int, labels: dict | None) -> tuple[in
     if not ranked:
         known = set(emotions) | {str(v.get("label")).lower() for v in (labels.get("features") or {}).values()
                                  if v.get("label")}
+        if not known:
+            raise UserError(f"feature {key!r} is a label but labels.json holds no labels yet; run `emosae label RUN` "
+                            "or give a feature index")
         if name in emotions:
             raise UserError(f"no feature is labeled {name!r} in labels.json; try a nearby emotion or an index")
         raise UserError(f"unknown label {name!r}; nearest labels: {nearest(name, known)}")

@@ -76,6 +76,35 @@ def _config_path() -> Path:
     raise UserError(f"demo config {DEMO_CONFIG} is missing; run the demo from an emosae checkout")
 
 
+def _config_changes(run: Path, cfg) -> list[str]:
+    """What differs between the config RUN was trained with and the one this demo would train
+    ("key: then -> now"); the log section, the cache folder and the dataset's spelling do not count."""
+    import copy
+
+    from sae.config import load_config
+    from sae.models import resolve_autocast
+    from sae.trainer import CONFIG_FILE, resolve
+
+    now = resolve(copy.deepcopy(cfg))
+    now.model.autocast = resolve_autocast(now.model.autocast, now.model.device)
+    then, now = load_config(run / CONFIG_FILE).to_dict(), now.to_dict()
+
+    def leaves(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            out.update(leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+    a, b = leaves(then), leaves(now)
+    changes = []
+    for k in sorted(set(a) | set(b)):
+        if k.startswith("log.") or k == "data.cache" or a.get(k) == b.get(k):  # the cache is always RUN/cache
+            continue
+        if k == "data.dataset" and a.get(k) and b.get(k) and Path(a[k]).resolve() == Path(b[k]).resolve():
+            continue
+        changes.append(f"{k}: {a.get(k)!r} -> {b.get(k)!r}")
+    return changes
+
+
 def _step(name: str, done: bool, fn, timings: dict):
     if done:
         log.info("demo: %s — already done, reusing it", name)
@@ -106,6 +135,12 @@ def run_demo(run_dir: str | Path = "runs/demo", fresh: bool = False, overrides: 
     cfg = load_config(cfg_path, overrides)
     if not Path(cfg.data.dataset).is_absolute() and not Path(cfg.data.dataset).exists():
         cfg.data.dataset = str(cfg_path.parents[1] / cfg.data.dataset)
+    if (run / "config.yaml").exists():
+        changes = _config_changes(run, cfg)
+        if changes:
+            raise UserError(f"{run} holds a demo trained with another config ({'; '.join(changes[:4])}"
+                            f"{'; ...' if len(changes) > 4 else ''}); run `emosae demo --fresh` to start it over, "
+                            "or give another --run")
     timings: dict[str, float] = {}
     summary_path = run / "summary.json"
     metrics_path = run / "metrics.json"

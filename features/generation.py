@@ -138,6 +138,8 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], seeds: list[int], ma
 
     if len(prompt_ids) != len(seeds):
         raise ValueError("one seed per prompt row")
+    if batch_size < 1:
+        raise UserError(f"batch_size must be >= 1, not {batch_size}")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = tokenizer.eos_token_id
     device = next(model.parameters()).device

@@ -36,7 +36,7 @@ import torch
 from safetensors.torch import save_file
 
 from sae.errors import UserError
-from sae.io import atomic_path, write_json_atomic
+from sae.io import atomic_path, output_dir, write_json_atomic
 
 log = logging.getLogger("emosae")
 
@@ -564,7 +564,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--cache", default=None, help="an activation cache holding the SAE's hook (no forward pass)")
     src.add_argument("--dataset", default=None, help="local .jsonl/.txt/.parquet or hub dataset id")
     p.add_argument("--corpus", default=None, help="emotion corpus JSONL (default when no --cache/--dataset: the shipped one)")
-    p.add_argument("--tokens", type=int, default=None, help="stop after this many unmasked tokens")
+    p.add_argument("--tokens", type=int, default=None,
+                   help="stop after this many unmasked tokens (--cache/--dataset; a --corpus is read whole)")
     p.add_argument("--text-field", default="text")
     p.add_argument("--k", type=int, default=16, help="top examples per feature")
     p.add_argument("--window", type=int, default=12, help="context tokens on each side")
@@ -586,6 +587,7 @@ def _cli(args: argparse.Namespace) -> int:
             raise UserError(f"--{name.replace('_', '-')} must be positive")
     if args.tokens is not None and args.tokens <= 0:
         raise UserError("--tokens must be positive")
+    output_dir(args.out)
     cfg = StatsConfig(k=args.k, window=args.window, quantile_bins=args.quantile_bins,
                       samples_per_bin=args.samples_per_bin, seed=args.seed)
     summary = compute_stats(args.run, cache_dir=args.cache, dataset=args.dataset, tokens=args.tokens,

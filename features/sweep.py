@@ -30,7 +30,7 @@ import torch
 
 from features.units import Strength, parse_strength, parse_strengths
 from sae.errors import UserError
-from sae.io import atomic_path, write_json_atomic, write_text_atomic
+from sae.io import atomic_path, output_dir, write_json_atomic, write_text_atomic
 
 log = logging.getLogger("emosae")
 DEFAULT_PROMPTS = Path(__file__).resolve().parent.parent / "labeling" / "data" / "steer_prompts.jsonl"
@@ -67,6 +67,11 @@ class Target:
     @property
     def keys(self) -> list[str]:
         return [self.key] if self.kind == "vector" else [k.strip() for k in self.key.split("+")]
+
+    def unsteered(self, strength: Strength) -> bool:
+        """The strength that leaves the model alone, whose row is the shared baseline: 0, or a
+        factor of 1 in scale mode (where 0 ablates)."""
+        return strength.value == 1 if self.kind == "feature" and self.mode == "scale" else strength.is_zero
 
     def clamp_kwargs(self, strength: Strength) -> dict:
         if self.kind == "vector":
@@ -154,8 +159,8 @@ def run_sweeps(run_dir: str | Path, targets: Sequence[Any], strengths: Sequence 
     from features.generation import format_prompts, generate, score, tokenize_prompts
     from labeling.scoring import default_device, load_model_for
 
-    if samples < 1 or max_new_tokens < 1:
-        raise UserError("samples and max_new_tokens must be >= 1")
+    if samples < 1 or max_new_tokens < 1 or batch_size < 1:
+        raise UserError("samples, max_new_tokens and batch_size must be >= 1")
     if control_directions < 1:
         raise UserError(f"control_directions must be >= 1, not {control_directions}")
     if control not in ("all", "max", "none"):
@@ -207,7 +212,7 @@ def run_sweeps(run_dir: str | Path, targets: Sequence[Any], strengths: Sequence 
     stacked: dict = {}
     if not kl:  # screening: every target's steered rows share generate() calls (features.clamp.stack)
         jobs = [(ti, s, dict(scope=scope, **t.clamp_kwargs(s))) for ti, (t, sl) in enumerate(zip(targets, per_target))
-                for s in sl if not s.is_zero]
+                for s in sl if not t.unsteered(s)]
         if len(jobs) > 1:
             outs = _generate_stacked(lm, assets, [kw for _, _, kw in jobs], row_ids, seeds, gen_kw,
                                      progress=f"{len(jobs)} settings")
@@ -218,7 +223,7 @@ def run_sweeps(run_dir: str | Path, targets: Sequence[Any], strengths: Sequence 
         emotion = label_key.split("#")[0].lower() if label_key else None
         mon = monitor_scorer(assets, lm, emotion)
         mon_base = mon(base.texts) if mon else None
-        control_at = _control_strengths(strength_list, control)
+        control_at = _control_strengths([s for s in strength_list if not t.unsteered(s)], control)
         out_rows, ex = [], {}
         for s in strength_list:
             steer_kw = dict(scope=scope, **t.clamp_kwargs(s))
@@ -226,7 +231,7 @@ def run_sweeps(run_dir: str | Path, targets: Sequence[Any], strengths: Sequence 
             edit = edits[0]
             row = {"target": t.name, "kind": t.kind, "strength": str(s), "value": edit.value,
                    "residual_norm": _nominal_norm(edits), "n": len(rows)}
-            if s.is_zero:
+            if t.unsteered(s):
                 batch, vader, scores = base, base_vader, {**base_scores, "kl": [0.0] * len(rows)}
             elif (ti, s) in stacked:
                 batch, scores = stacked[ti, s]
@@ -243,7 +248,7 @@ def run_sweeps(run_dir: str | Path, targets: Sequence[Any], strengths: Sequence 
             row.update(_valence(vader, base_vader, groups))
             row.update(_coherence(scores, groups, base_ppl))
             if mon:
-                m = mon(batch.texts) if not s.is_zero else mon_base
+                m = mon(batch.texts) if not t.unsteered(s) else mon_base
                 row["monitor"] = _nanmean(m)
                 row["monitor_delta"] = _nanmean(np.subtract(m, mon_base))
             if s in control_at:
@@ -361,8 +366,8 @@ def _nanmean(x) -> float | None:
     return float(np.nanmean(x)) if np.isfinite(x).any() else None
 
 
-def _control_strengths(strengths: list[Strength], control: str) -> set[Strength]:
-    nonzero = [s for s in strengths if not s.is_zero]
+def _control_strengths(nonzero: list[Strength], control: str) -> set[Strength]:
+    """Where the random control runs, among the steered (not unsteered) strengths."""
     if control == "none":
         return set()
     if control == "all":
@@ -534,6 +539,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cli(args: argparse.Namespace) -> int:
     from sae.cli import print_json
 
+    output_dir(args.out)
     results = run_sweeps(args.run, args.target, args.strengths, prompts=args.prompts, samples=args.samples,
                          seed=args.seed, mode=args.mode, scope=args.scope, max_new_tokens=args.max_new_tokens,
                          temperature=args.temperature, top_p=args.top_p, control=args.control,

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from sae.errors import UserError
+from sae.io import atomic_path, output_dir, write_json_atomic
 
 log = logging.getLogger("emosae")
 
@@ -279,7 +280,6 @@ class VectorResult:
         """vectors.safetensors (+ emotion order in its metadata) and vectors.json, atomically."""
         from safetensors.torch import save_file
 
-        from sae.io import atomic_path, write_json_atomic
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -416,7 +416,7 @@ def load_named(path: str | Path, key: str, emotions: Sequence[str]) -> torch.Ten
 
 def load_vector_set(path: str | Path) -> tuple[list[str], dict[str, torch.Tensor], dict]:
     """(emotions, {file key: [n, d] tensor}, vectors.json or {}) from a vectors dir or a run."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     p = Path(path).expanduser()
     d = p / "vectors" if (p / "vectors" / VECTORS_FILE).exists() else p
@@ -427,7 +427,7 @@ def load_vector_set(path: str | Path) -> tuple[list[str], dict[str, torch.Tensor
         with safe_open(str(f_path), "pt") as f:
             emotions = json.loads((f.metadata() or {}).get("emotions", "null"))
             tensors = {k: f.get_tensor(k).float() for k in f.keys()}
-    except (OSError, ValueError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, json.JSONDecodeError, SafetensorError) as e:
         raise UserError(f"could not read {f_path}: {e}; recompute it with `emosae vectors`") from None
     info = {}
     if (d / INFO_FILE).exists():
@@ -517,7 +517,6 @@ def alignment_report(result: VectorResult, sae, hook: str, run_dir: str | Path, 
 
 def merge_into_labels(run_dir: str | Path, aligned: dict, summary: dict) -> Path:
     """Read-modify-write RUN/labels.json: set "aligned" (and "aligned_summary"), keep the rest."""
-    from sae.io import write_json_atomic
 
     path = Path(run_dir) / "labels.json"
     labels = {}
@@ -557,6 +556,9 @@ def _cli(args: argparse.Namespace) -> int:
     from sae.models import EMBEDDED_SPEC, load_model
 
     torch.set_flush_denormal(True)
+    output_dir(args.out)
+    if args.top < 1:
+        raise UserError(f"--top must be >= 1 (aligned features kept per emotion), not {args.top}")
     sae = hook = run_root = None
     outlier_mult = None
     if args.run:

@@ -87,7 +87,10 @@ def bootstrap_auroc(pos: np.ndarray, neg: np.ndarray, n_boot: int, rng: np.rando
     return out
 
 
-def ci(samples: np.ndarray, level: float = 0.95) -> list[float]:
+def ci(samples: np.ndarray, level: float = 0.95) -> list[float] | None:
+    """The central `level` interval of bootstrap samples (None without samples: --n-boot 0)."""
+    if len(samples) == 0:
+        return None
     a = (1 - level) / 2
     lo, hi = np.nanquantile(samples, [a, 1 - a], axis=0)
     return [round(float(lo), 4), round(float(hi), 4)]

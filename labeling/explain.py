@@ -73,6 +73,8 @@ def window_text(vocab: list[str], tokens, acts=None, mark: bool = False, special
 
 def _load_stats(run_dir: Path) -> tuple[dict, list[str]]:
     path = run_dir / "features" / "stats.safetensors"
+    if not Path(run_dir).exists():
+        raise UserError(f"run directory {run_dir} does not exist; give a run made by `emosae train`")
     if not path.exists():
         raise UserError(f"no feature statistics in {run_dir}/features; run `emosae stats {run_dir}` first")
     keys = ("top_tokens", "top_token_acts", "top_acts", "top_index", "quantile_tokens", "quantile_acts",

@@ -25,6 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from sae.errors import UserError
+from sae.io import atomic_path, output_dir, write_json_atomic
 
 log = logging.getLogger("emosae")
 
@@ -126,7 +127,11 @@ def read_norms(path: str | Path) -> dict[str, dict[str, float]]:
     p = Path(path).expanduser()
     if not p.exists():
         raise UserError(f"norms file {path} does not exist; give a CSV with columns word,valence,arousal")
+    if p.is_dir():
+        raise UserError(f"norms file {path} is a folder; give a CSV with columns word,valence,arousal")
     text = p.read_text(encoding="utf-8-sig", errors="replace")
+    if not text.strip():
+        raise UserError(f"norms file {path} is empty; give a CSV with columns word,valence,arousal")
     dialect = "excel-tab" if "\t" in text.splitlines()[0] and "," not in text.splitlines()[0] else "excel"
     reader = csv.DictReader(text.splitlines(), dialect=dialect)
     cols = {c.strip().lower(): c for c in reader.fieldnames or []}
@@ -206,7 +211,6 @@ def emotion_map(doc: dict, path: str | Path, title: str = "") -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from sae.io import atomic_path
 
     xy = np.asarray(doc["coords"])
     val = [doc["valence"].get(e) for e in doc["emotions"]]
@@ -247,7 +251,6 @@ def run_geometry(source: str | Path, layer: int | None = None, norms: str | Path
     (its best layer); writes geometry.json and emotion_map.png into `out` (default: the run or
     vectors dir)."""
     from features.vectors import load_named, load_vector_set
-    from sae.io import write_json_atomic
 
     src = Path(source).expanduser()
     if not src.exists():
@@ -312,6 +315,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _cli(args: argparse.Namespace) -> int:
     from sae.cli import print_json
 
+    output_dir(args.out)
     doc = run_geometry(args.source, args.layer, args.norms, args.out)
     for c in doc["correlations"] if args.json else []:
         if c["missing"]:

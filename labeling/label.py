@@ -19,6 +19,7 @@ Written to RUN/labels.json (docs/formats.md); keys written by other stages (`ali
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -177,6 +178,8 @@ def label_run(run_dir: str | Path, corpus: str | Path | None = None, settings: L
     held_S, held_y = (scores[he], labels_all[he]) if len(he) else (None, None)
     null = shuffled_null(rs, y, emos, held_S, held_y, settings.n_null, settings.seed, settings.threshold)
     bar = null["train_best_auroc_p95"] if settings.n_null else 0.5
+    if not settings.n_null:
+        log.warning("no shuffled-label null (n_null 0): every feature whose best train AUROC beats 0.5 gets a label")
     rng = np.random.default_rng(settings.seed)
 
     emotions_out: dict[str, list] = {}
@@ -264,9 +267,14 @@ def eval_file(run_dir: str | Path, path: str | Path, lm=None, model: str | None 
               device: str | None = None) -> dict:
     """Score a user file ({text, emotion}; `neutral` allowed) with the features chosen on the
     training corpus: {"per_emotion": {e: {"feature", "auroc", "n_pos", "n_neg"}}, "macro_auroc",
-    "unknown_emotions"}. AUROC is null for an emotion without negatives in the file."""
+    "unknown_emotions"}. AUROC is null for an emotion without negatives in the file. Rows of an
+    emotion the run has no label for are listed, and count as negatives for the others (an emotion
+    the corpus lacks is still not happy); one that looks like a typo of a labeled emotion is warned
+    about, since its rows then count against the emotion it meant."""
     doc = read_labels(run_dir)
     chosen = chosen_features(doc)
+    if not chosen:
+        raise UserError(f"{Path(run_dir) / LABELS} holds no emotion labels; run `emosae label {run_dir}` first")
     st = doc.get("settings") or {}
     settings = LabelSettings(skip_tokens=int(st.get("skip_tokens", DEFAULT_SKIP)), reduce=st.get("reduce", "max"))
     rows = load_corpus(path)
@@ -274,6 +282,11 @@ def eval_file(run_dir: str | Path, path: str | Path, lm=None, model: str | None 
     present = emotions_of(labels)
     unknown = [e for e in present if e not in chosen]
     known = [e for e in present if e in chosen]
+    for e in unknown:
+        near = difflib.get_close_matches(e, list(chosen), n=1, cutoff=0.8)
+        if near:
+            log.warning("label --eval: %r is not an emotion this run labels, so its %d row(s) count as negatives "
+                        "for %r too; did you mean %r?", e, int((labels == e).sum()), near[0], near[0])
     per: dict[str, dict] = {}
     if known:
         scores, _ = score_rows(run_dir, rows, settings, lm, model, device)

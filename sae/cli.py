@@ -45,10 +45,26 @@ def register_modules(sub: argparse._SubParsersAction, names: tuple[str, ...]) ->
         module.register(sub)
 
 
+# options whose values may start with "-" (negative strengths): argparse would read "-0.1r" as an option
+NEGATIVE_VALUED = ("--strengths", "--feature", "--vector", "--target")
+
+
+def join_negative_values(argv: list[str]) -> list[str]:
+    """`--strengths -0.1r,0` -> `--strengths=-0.1r,0`, so a negative value can follow its option."""
+    out: list[str] = []
+    for tok in argv:
+        if (out and out[-1] in NEGATIVE_VALUED and len(tok) > 1 and tok[0] == "-"
+                and (tok[1].isdigit() or tok[1] == ".")):
+            out[-1] = f"{out[-1]}={tok}"
+        else:
+            out.append(tok)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(join_negative_values(sys.argv[1:] if argv is None else list(argv)))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="%(message)s")
     for noisy in ("transformers", "datasets", "httpx", "urllib3", "sae_lens"):

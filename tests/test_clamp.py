@@ -308,6 +308,8 @@ def test_generate_takes_a_clamp_or_a_factory(lm, assets):
     b = generate(lm.model, lm.tokenizer, ids, [3], max_new_tokens=5, context=lambda: c)
     base = generate(lm.model, lm.tokenizer, ids, [3], max_new_tokens=5)
     assert a.texts == b.texts and a.texts != base.texts
+    with pytest.raises(UserError, match="batch_size"):
+        generate(lm.model, lm.tokenizer, ids, [3], max_new_tokens=5, batch_size=0)
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox"])
 def test_tiny_models_left_padded_scope_with_and_without_cache(family):
@@ -490,9 +492,22 @@ def test_prompt_ci_clusters_by_prompt():
     assert mean == pytest.approx(4 / 3)
     half = 4.302653 * (2 / 3 ** 0.5) / 3 ** 0.5  # t(0.975, 2) * sd / sqrt(n), sd of (2, 2, 0) = 2/sqrt(3)
     assert (lo, hi) == (pytest.approx(mean - half, rel=1e-5), pytest.approx(mean + half, rel=1e-5))
-    s = parse_strengths("-0.1r,-0.05r,0,0.05r,0.1r")
+    s = [x for x in parse_strengths("-0.1r,-0.05r,0,0.05r,0.1r") if not x.is_zero]
     assert {str(x) for x in _control_strengths(s, "max")} == {"-0.1r", "0.1r"}
     assert len(_control_strengths(s, "all")) == 4 and not _control_strengths(s, "none")
+
+
+def test_the_unsteered_strength_of_each_mode():
+    """A sweep's baseline row is the strength that leaves the model alone: 0, or the factor 1 in
+    scale mode, where 0 ablates (as `clamp --feature X=scale=0` does)."""
+    from features.sweep import Target
+
+    zero, one = parse_strength("0"), parse_strength("1")
+    assert Target.parse("happy").unsteered(zero) and not Target.parse("happy").unsteered(one)
+    assert Target.parse("happy:add").unsteered(zero) and Target.parse("vector:happy").unsteered(zero)
+    scale = Target.parse("happy", "scale")
+    assert scale.unsteered(one) and not scale.unsteered(zero)
+    assert Target.parse("happy:scale").unsteered(one)
 
 
 def test_sweep_rows_files_and_control(lm, run, tmp_path):
@@ -748,3 +763,13 @@ def test_screen_runs_each_candidate_against_one_baseline(lm, run, capsys):
 
     assert main(["screen", str(run), "--emotions", "happy", "--sign", "+", "--strength", "0"]) == 2
     assert "non-zero" in capsys.readouterr().err
+
+
+def test_negative_values_may_follow_their_option():
+    from sae.cli import join_negative_values, build_parser
+
+    argv = join_negative_values(["sweep", "R", "--target", "happy", "--strengths", "-0.1r,0,0.1r", "--samples", "2"])
+    assert argv == ["sweep", "R", "--target", "happy", "--strengths=-0.1r,0,0.1r", "--samples", "2"]
+    assert build_parser().parse_args(argv).strengths == "-0.1r,0,0.1r"
+    assert join_negative_values(["clamp", "R", "--feature", "-1=4x"])[-1] == "--feature=-1=4x"
+    assert join_negative_values(["clamp", "R", "--feature", "happy", "-v"]) == ["clamp", "R", "--feature", "happy", "-v"]

@@ -76,3 +76,18 @@ def test_summary_table_names_a_clamped_pair(tmp_path: Path):
     s = _summary(tmp_path, {}, LABELS, {}, {}, {}, clamp, tmp_path / "browser", {})
     assert s["clamp"]["sad"]["feature"] == [7, 9]
     assert "clamp sad      features 7+9 at 0.1342r: VADER -0.400" in format_table(s)
+
+
+def test_a_demo_run_with_another_config_is_refused(tmp_path: Path, capsys):
+    """`emosae demo --set ...` on a run trained with other settings must not reuse its results."""
+    from sae.cli import main
+    from sae.config import load_config
+    from features.demo import DEMO_CONFIG
+
+    run = tmp_path / "demo"
+    run.mkdir()
+    cfg = load_config(DEMO_CONFIG, [f"data.cache={tmp_path / 'elsewhere'}", "model.device=cpu"])
+    (run / "config.yaml").write_text(cfg.to_yaml())  # as the trainer writes it (the cache path does not count)
+    assert main(["demo", "--run", str(run), "--set", "train.seed=7"]) == 2
+    err = capsys.readouterr().err
+    assert "train.seed: 0 -> 7" in err and "--fresh" in err and "data.cache" not in err

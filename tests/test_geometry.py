@@ -140,6 +140,9 @@ def test_norms_file(tmp_path):
     bad.write_text("word,valence\nhappy,8\n")
     with pytest.raises(UserError):
         read_norms(bad)
+    bad.write_text("")
+    with pytest.raises(UserError, match="empty"):
+        read_norms(bad)
 
 
 def test_cli_on_a_vectors_dir(tmp_path, capsys):

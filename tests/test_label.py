@@ -162,7 +162,7 @@ def test_eval_file_shape(labeled, lm, tmp_path):
     assert isinstance(res["macro_auroc"], float)
 
 
-def test_cli_json(labeled, tmp_path, capsys):
+def test_cli_json(labeled, tmp_path, capsys, caplog):
     from sae.cli import main
 
     run, corpus, summary, rows = labeled
@@ -175,6 +175,10 @@ def test_cli_json(labeled, tmp_path, capsys):
     assert res["unknown_emotions"] == ["zany"]  # not fatal; its rows still count as negatives
     assert res["per_emotion"]["happy"]["n_pos"] == 4 and res["per_emotion"]["happy"]["n_neg"] == 1
     assert res["per_emotion"]["happy"]["feature"] == 7 and res["macro_auroc"] == res["per_emotion"]["happy"]["auroc"]
+    path.write_text("".join(json.dumps(r) + "\n" for r in happy + [{**zany, "emotion": "hapy"}]))
+    assert main(["label", str(run), "--eval", str(path), "--json"]) == 0
+    capsys.readouterr()  # a typo of a labeled emotion is warned about: its rows count against it
+    assert "'hapy'" in caplog.text and "did you mean 'happy'" in caplog.text
     path.write_text("".join(json.dumps(r) + "\n" for r in happy))
     assert main(["label", str(run), "--eval", str(path), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
@@ -232,3 +236,17 @@ def test_sanitize_strips_markers():
     for bad in ("<|", "assistant:", ">>>", "<<<", "[[", "### Instruction"):
         assert bad not in s
     assert window_text([" a", " b", "<|im_end|>"], [0, 1, 2, -1], [0.0, 2.0, 0.0, 0.0], True, ["<|im_end|>"]) == "a [[b]]"
+
+
+def test_no_bootstrap_gives_no_intervals(labeled, lm, tmp_path):
+    import shutil
+
+    from labeling.label import LabelSettings, label_run
+
+    run, corpus, summary, rows = labeled
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    out = label_run(copy, corpus, LabelSettings(n_boot=0, n_null=2), lm=lm)  # --n-boot 0
+    doc = json.loads((copy / "labels.json").read_text())
+    assert doc["emotions"]["happy"][0]["ci"] is None and doc["emotions"]["happy"][0]["feature"] == 7
+    assert out["heldout"]["per_emotion"]["happy"]["auroc"] == summary["heldout"]["per_emotion"]["happy"]["auroc"]

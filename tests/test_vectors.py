@@ -221,3 +221,6 @@ def test_cli_with_a_run_merges_alignment(lm, rows, tmp_path, capsys):
     assert labels["aligned_summary"]["heldout"]["n_emotions"] == 3
     assert list((run / "labeling").glob("passage_acts_*.safetensors"))  # shared with `emosae label`
     assert main(["vectors", "--layers", "3"]) == 2  # no --out and no --run
+    assert main(["vectors", "--run", str(run), "--top", "0"]) == 2  # checked before any work
+    assert main(["vectors", "--layers", "3", "--out", str(corpus)]) == 2  # --out is a file
+    assert "is a file" in capsys.readouterr().err
