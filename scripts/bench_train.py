@@ -201,8 +201,10 @@ def _no_first_position():
 
 def run_sparsify(args, lm, train_rows, x_ho: torch.Tensor, tmp: Path, cut: bool) -> dict:
     from datasets import Dataset
-    from sparsify import SaeConfig, Trainer, TrainConfig
     from transformers import AutoModelForCausalLM
+
+    with contextlib.redirect_stdout(sys.stderr):  # its import prints too; stdout is for --json
+        from sparsify import SaeConfig, Trainer, TrainConfig
 
     layer = parse_hook(args.hook, lm.model).layer
     model = AutoModelForCausalLM.from_pretrained(lm.path, dtype=torch.float32).eval()
