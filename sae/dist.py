@@ -16,6 +16,7 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    owns_group: bool = False  # this Dist created the process group, so it destroys it (`shutdown`)
 
     @property
     def enabled(self) -> bool:
@@ -69,11 +70,15 @@ def init_from_env(device_type: str) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
-    if not dist.is_initialized():
+    owns = not dist.is_initialized()
+    if owns:
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owns)
 
 
 def shutdown(d: Dist) -> None:
-    if d.enabled and dist.is_initialized():
+    """Destroy the process group this run created (one the caller set up is left alone). Left to
+    interpreter exit, gloo's threads can be torn down mid-flight: 'terminate called without an
+    active exception' and SIGABRT on rank 0, seen once in CI."""
+    if d.enabled and d.owns_group and dist.is_initialized():
         dist.destroy_process_group()

@@ -24,7 +24,7 @@ from sae.cache import ActivationCache
 from sae.data import TokenBatch
 from sae.config import Config, default_lr, load_config
 from sae.curves import plot_curves
-from sae.dist import Dist, init_from_env
+from sae.dist import Dist, init_from_env, shutdown
 from sae.errors import UserError
 from sae.evals import ce_loss_score, evaluate_sae
 from sae.hooks import module_path, parse_hook
@@ -90,6 +90,7 @@ def train(config: Config, run_dir: str | Path, resume: bool = False) -> dict:
         return _train(cfg, Path(run_dir), resume, d)
     finally:
         torch.set_num_threads(threads)
+        shutdown(d)
 
 
 def _train(cfg: Config, run_dir: Path, resume: bool, d: Dist) -> dict:
