@@ -68,33 +68,31 @@ def harvest_into_buffer(lm, batches, hook: str) -> float:
     return time.perf_counter() - t
 
 
-def bf16_harvest(lm, batches, hook: str, n: int, t_float32: float) -> dict:
-    """The same harvest with the model under bf16 autocast, bracketed by a second float32 one."""
+def versus(lm, other, batches, hook: str, t_lm: float) -> tuple[float, float, float]:
+    """(seconds of `other`'s harvest, of `lm`'s (the better of `t_lm` and a second run bracketing
+    it), median relative distance of `other`'s activations from `lm`'s on the first batch)."""
     from sae.harvest import forward_acts
 
+    harvest_into_buffer(other, batches[:1], hook)  # warm-up
+    t_other = harvest_into_buffer(other, batches, hook)
+    t_lm = min(t_lm, harvest_into_buffer(lm, batches, hook))
+    a = forward_acts(lm.model, batches[0], [hook])[hook][:, 1:].float()
+    b = forward_acts(other.model, batches[0], [hook])[hook][:, 1:].float()
+    return t_other, t_lm, float(((b - a).norm(dim=-1) / a.norm(dim=-1)).median())
+
+
+def bf16_harvest(lm, batches, hook: str, n: int, t_float32: float) -> dict:
+    """The same harvest with the model under bf16 autocast, against the float32 one."""
     lm16 = load_model(autocast="bf16")
     if lm16.autocast != "bf16":
         return {"error": "this CPU has no native bf16 (avx512_bf16/amx_bf16): load_model falls back to float32"}
-    harvest_into_buffer(lm16, batches[:1], hook)  # warm-up
-    t16 = harvest_into_buffer(lm16, batches, hook)
-    t32 = min(t_float32, harvest_into_buffer(lm, batches, hook))
-    a32 = forward_acts(lm.model, batches[0], [hook])[hook][:, 1:].float()
-    a16 = forward_acts(lm16.model, batches[0], [hook])[hook][:, 1:].float()
-    err = float(((a16 - a32).norm(dim=-1) / a32.norm(dim=-1)).median())
+    t16, t32, err = versus(lm, lm16, batches, hook, t_float32)
     return {"harvest_tokens_per_s": n / t16, "ratio_vs_float32_harvest": t32 / t16, "median_rel_error": err}
 
 
 def plain_harvest(lm, batches, hook: str, n: int, t_packed: float) -> dict:
-    """The same harvest with plain F.linear, bracketed by a second prepacked one."""
-    from sae.harvest import forward_acts
-
-    plain = load_model(prepack="off")
-    harvest_into_buffer(plain, batches[:1], hook)  # warm-up
-    t_plain = harvest_into_buffer(plain, batches, hook)
-    t_packed = min(t_packed, harvest_into_buffer(lm, batches, hook))
-    a = forward_acts(plain.model, batches[0], [hook])[hook][:, 1:].float()
-    b = forward_acts(lm.model, batches[0], [hook])[hook][:, 1:].float()
-    err = float(((b - a).norm(dim=-1) / a.norm(dim=-1)).median())
+    """The same harvest with plain F.linear, against the prepacked one."""
+    t_plain, t_packed, err = versus(lm, load_model(prepack="off"), batches, hook, t_packed)
     return {"plain_tokens_per_s": n / t_plain, "ratio_prepacked_vs_plain": t_plain / t_packed, "median_rel_error": err}
 
 
