@@ -15,6 +15,7 @@ from sae.data import token_batches
 from sae.errors import UserError
 from sae.harvest import harvest
 from sae.hooks import parse_hook
+from sae.io import output_dir
 from sae.models import load_model
 
 log = logging.getLogger("emosae")
@@ -33,9 +34,7 @@ def harvest_to_cache(model: str, hooks: list[str], dataset: str, out: str, token
     lm = lm or load_model(model, device or default_device())
     for h in hooks:
         parse_hook(h, lm.model)
-    out_dir = Path(out)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"--out {out_dir} is a file, not a folder; give a new folder for the cache")
+    out_dir = output_dir(out)
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MANIFEST).exists():
         raise UserError(f"--out {out_dir} exists and is not an activation cache (no {MANIFEST}); "
                         "give a new folder (an existing cache there is replaced)")
