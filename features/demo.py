@@ -133,8 +133,6 @@ def run_demo(run_dir: str | Path = "runs/demo", fresh: bool = False, overrides: 
     cfg_path = _config_path()
     overrides = [f"data.cache={run / 'cache'}", *(overrides or [])]
     cfg = load_config(cfg_path, overrides)
-    if not Path(cfg.data.dataset).is_absolute() and not Path(cfg.data.dataset).exists():
-        cfg.data.dataset = str(cfg_path.parents[1] / cfg.data.dataset)
     if (run / "config.yaml").exists():
         changes = _config_changes(run, cfg)
         if changes:

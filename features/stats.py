@@ -587,6 +587,10 @@ def _cli(args: argparse.Namespace) -> int:
             raise UserError(f"--{name.replace('_', '-')} must be positive")
     if args.tokens is not None and args.tokens <= 0:
         raise UserError("--tokens must be positive")
+    if args.corpus and (args.cache or args.dataset):
+        raise UserError("--corpus is a source of its own; give it or --cache/--dataset, not both")
+    if args.tokens is not None and not (args.cache or args.dataset):
+        raise UserError("--tokens limits a --cache or --dataset; the emotion corpus is read whole, so drop --tokens")
     output_dir(args.out)
     cfg = StatsConfig(k=args.k, window=args.window, quantile_bins=args.quantile_bins,
                       samples_per_bin=args.samples_per_bin, seed=args.seed)

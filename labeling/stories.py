@@ -6,6 +6,7 @@ appended as they come, and a re-run resumes where it stopped."""
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
 import re
@@ -26,11 +27,19 @@ _PREAMBLE = re.compile(r"^(sure|here|certainly|title)[^\n]*\n+", re.IGNORECASE)
 
 
 def parse_emotions(spec: str) -> list[str]:
+    """Any word may be written about, but one that is a near miss of the paper's 171 is most likely a
+    typo, and hours of generation would label a corpus with it: warn before the model loads."""
+    paper = [w.strip() for w in (DATA / "emotions_171.txt").read_text().splitlines() if w.strip()]
     if spec.strip().lower() == "all":
-        return [w.strip() for w in (DATA / "emotions_171.txt").read_text().split() if w.strip()]
-    out = [e.strip().lower() for e in spec.split(",") if e.strip()]
+        return paper
+    out = list(dict.fromkeys(e.strip().lower() for e in spec.split(",") if e.strip()))
     if not out:
         raise UserError("--emotions is empty; give a comma-separated list or 'all'")
+    for e in out:
+        near = difflib.get_close_matches(e, paper, n=1, cutoff=0.8) if e not in paper else []
+        if near:
+            log.warning("stories: %r is not among the paper's 171 emotions; did you mean %r? Writing %r as given",
+                        e, near[0], e)
     return out
 
 
@@ -68,6 +77,17 @@ def clean(text: str) -> str:
     return " ".join(text.split())
 
 
+def _drop_partial_line(path: Path) -> None:
+    """A run killed mid-write leaves its last row without a newline; cut it so the re-run writes it again."""
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        keep = data.rfind(b"\n") + 1
+        log.warning("stories: %s ends in a partial row (a run stopped mid-write); dropping it to write it again", path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(data[:keep])
+        tmp.replace(path)
+
+
 def write_stories(emotions: list[str], topics: list[str], per_topic: int, out: str | Path,
                   model: str = "smollm2-135m", max_retries: int = 4, neutral: bool = False,
                   batch_size: int = 16, max_new_tokens: int = 160, seed: int = 0, lm=None) -> dict:
@@ -78,6 +98,7 @@ def write_stories(emotions: list[str], topics: list[str], per_topic: int, out: s
     labels = emotions + ([NEUTRAL] if neutral else [])
     done: set[tuple[str, str, int]] = set()
     if out.exists() and out.stat().st_size:
+        _drop_partial_line(out)
         for r in read_jsonl(out, ("text", "emotion", "topic")):
             done.add((r["emotion"], r["topic"], int(r.get("index", 0))))
     jobs = [(e, t, i, 0) for e in labels for t in topics for i in range(per_topic) if (e, t, i) not in done]

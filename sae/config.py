@@ -412,7 +412,23 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     for key, value in parse_overrides(overrides):
         _check_override_key(raw, key)
         _set(raw, key, value)
-    return from_dict(raw)
+    cfg = from_dict(raw)
+    if path is not None:
+        cfg.data.dataset = _beside_config(cfg.data.dataset, Path(path).expanduser())
+    return cfg
+
+
+def _beside_config(dataset: str, config: Path) -> str:
+    """A relative dataset path that is not there from the working directory is looked up beside the
+    config, in the project above its folder (the shipped presets name `labeling/data/...`), and in
+    emosae's own source tree, so `emosae train --config .../configs/demo-cpu.yaml` works from anywhere."""
+    rel = Path(dataset).expanduser()
+    if rel.is_absolute() or rel.exists():
+        return dataset
+    for base in (config.parent, config.parent.parent, Path(__file__).resolve().parents[1]):
+        if (base / rel).exists():
+            return str((base / rel).resolve())
+    return dataset
 
 
 def default_lr(d_sae: int, optimizer: str = "adam") -> float:

@@ -70,7 +70,9 @@ def test_cli_errors_are_one_line_exit_2(tmp_path):
     mine.mkdir()
     (mine / "keep.txt").write_text("precious")
     cases += [(["harvest", "--dataset", str(bad), "--out", str(mine)], "not an activation cache"),
-              (["harvest", "--dataset", str(bad), "--out", str(mine / "keep.txt")], "is a file")]
+              (["harvest", "--dataset", str(bad), "--out", str(mine / "keep.txt")], "is a file"),
+              (["stats", str(mine), "--cache", str(mine), "--corpus", str(bad)], "not both"),
+              (["stats", str(mine), "--tokens", "100"], "drop --tokens")]
     for argv, needle in cases:
         r = subprocess.run([sys.executable, "-m", "sae.cli", *argv], capture_output=True, text=True)
         assert r.returncode == 2, (argv, r.stderr)

@@ -96,6 +96,20 @@ def test_demo_preset():
     assert cfg.model.autocast == "bf16"
 
 
+def test_relative_dataset_found_from_any_directory(tmp_path, monkeypatch):
+    (tmp_path / "cfgs").mkdir()
+    (tmp_path / "cfgs" / "mine.jsonl").write_text('{"text": "hi"}\n')
+    mine = _write(tmp_path / "cfgs", "data: {dataset: mine.jsonl}\n")
+    hub = _write(tmp_path, "data: {dataset: roneneldan/TinyStories}\n")
+    monkeypatch.chdir(tmp_path)
+    shipped = load_config(ROOT / "configs" / "demo-cpu.yaml").data.dataset
+    assert Path(shipped) == (ROOT / "labeling/data/sae_corpus.jsonl.gz").resolve()
+    assert Path(load_config(mine).data.dataset) == (tmp_path / "cfgs" / "mine.jsonl").resolve()
+    assert load_config(hub).data.dataset == "roneneldan/TinyStories"  # not a path anywhere: a hub id
+    (tmp_path / "mine.jsonl").write_text('{"text": "here"}\n')
+    assert load_config(mine).data.dataset == "mine.jsonl"  # the working directory comes first
+
+
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_gpu_presets_are_valid(name):
     """Each GPU preset loads, and its hook point resolves on its model family at the real depth."""
