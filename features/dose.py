@@ -5,6 +5,8 @@ Used by `scripts/dose_response.py` and `emosae demo`."""
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,18 +15,35 @@ from sae.errors import UserError
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "labeling" / "data" / "dose_templates.jsonl"
 HIGHLIGHT = ("afraid", "calm", "terrified", "nervous", "desperate", "peaceful")
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 def load_templates(path: str | Path | None = None) -> list[dict]:
     """Template rows: {name, parameter, unit, template with {value}, values, expect, control}."""
     from sae.io import read_jsonl
 
-    rows = read_jsonl(path or TEMPLATES, required=("name", "template", "values"))
-    for r in rows:
-        if "{value}" not in r["template"]:
-            raise UserError(f"template {r['name']!r} has no {{value}} placeholder")
-        if len(r["values"]) < 3:
-            raise UserError(f"template {r['name']!r} needs at least 3 values for a rank correlation")
+    src = path or TEMPLATES
+    rows = read_jsonl(src, required=("name", "template", "values"))
+    seen: set[str] = set()
+    for i, r in enumerate(rows, 1):
+        # checked here, before any model loads; the name becomes a file name (dose_<name>.png)
+        name = r["name"]
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise UserError(f"{src}: template {i}: name {name!r} must be letters, digits, '_', '-' or '.' "
+                            "(it names the plot file)")
+        if name in seen:
+            raise UserError(f"{src}: template name {name!r} is used twice; give each template its own name")
+        seen.add(name)
+        if not isinstance(r["template"], str) or "{value}" not in r["template"]:
+            raise UserError(f"template {name!r} has no {{value}} placeholder")
+        vals = r["values"]
+        if not isinstance(vals, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                 and math.isfinite(v) and v > 0 for v in vals):
+            raise UserError(f"template {name!r}: values must be a list of positive numbers (plotted on a log axis)")
+        if len(vals) < 3:
+            raise UserError(f"template {name!r} needs at least 3 values for a rank correlation")
+        if not isinstance(r.get("expect") or {}, dict):
+            raise UserError(f"template {name!r}: expect must be an object {{emotion: +1|-1}}")
     return rows
 
 
@@ -36,7 +55,8 @@ def prompts(template: dict, tokenizer) -> list[str]:
     """One chat-rendered user message per value."""
     from features.monitor import chat_text
 
-    return [chat_text(tokenizer, [{"role": "user", "content": template["template"].format(value=fmt_value(v))}])
+    # replace, not str.format: a template may hold other braces ("{...}", JSON) as plain text
+    return [chat_text(tokenizer, [{"role": "user", "content": template["template"].replace("{value}", fmt_value(v))}])
             for v in template["values"]]
 
 
@@ -82,7 +102,7 @@ def plot(entry: dict, path: Path, position: str = "last") -> Path:
 
     kinds = list(entry["series"])
     fig, axes = plt.subplots(1, len(kinds), figsize=(6.5 * len(kinds), 4.6), squeeze=False)
-    marked = [e for e in (*entry.get("expect", {}), *HIGHLIGHT)]
+    marked = [e for e in (*(entry.get("expect") or {}), *HIGHLIGHT)]  # "expect" may be absent (None)
     for ax, kind in zip(axes[0], kinds):
         series, rho = entry["series"][kind], entry["rho"][kind]
         show = list(dict.fromkeys(e for e in marked if e in series))

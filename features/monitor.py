@@ -49,7 +49,7 @@ class Monitor:
         """The run's SAE, the labeled feature per emotion (labels.json) and the vectors at the
         SAE's hook (RUN/vectors/); the skip rule is the one the labels were made with."""
         from features.vectors import vectors_for_hook
-        from labeling.label import chosen_features, read_labels
+        from labeling.label import check_labels_fit, chosen_features, read_labels
         from labeling.scoring import DEFAULT_SKIP, load_run
 
         root = _run_root(run)
@@ -58,6 +58,7 @@ class Monitor:
         if not features:
             raise UserError(f"{root}/labels.json ranks no feature for any emotion; re-run `emosae label {root}`")
         lm, sae, hook, outlier_mult = load_run(run, model, device, lm)
+        check_labels_fit(labels, sae.cfg.d_sae, root)
         vectors: dict[str, torch.Tensor] = {}
         try:
             names, mat, _ = vectors_for_hook(root, hook)
@@ -96,8 +97,12 @@ class Monitor:
         """Requested emotions (each must have a feature or a vector), else every emotion that has
         both (or whichever one is available)."""
         known = list(dict.fromkeys([*self.vectors, *self.features]))
+        if isinstance(emotions, str):
+            emotions = emotions.split(",")
         if emotions:
-            wanted = [e.strip().lower() for e in emotions if e.strip()]
+            wanted = list(dict.fromkeys(e.strip().lower() for e in emotions if e.strip()))  # a repeat reads once
+            if not wanted:  # `--emotions ,` would otherwise print readings of nothing
+                raise UserError(f"--emotions names no emotion; give a comma-separated list from: {', '.join(sorted(known))}")
             bad = [e for e in wanted if e not in known]
             if bad:
                 raise UserError(f"no labeled feature or vector for {', '.join(bad)}; known: {', '.join(sorted(known))}")
@@ -111,21 +116,28 @@ class Monitor:
         [{"token", "features", "vectors"}], values null where the token is masked). `position`
         defaults to the rule the run's labels were chosen by (labels.json settings.reduce), so a
         reading means what the label's AUROC measured; mean for vectors alone (the paper's recipe)."""
-        from labeling.scoring import passage_acts
+        from labeling.scoring import TokenActs, passage_acts
 
         position = position or self.position
         if position not in POSITIONS:
             raise UserError(f"unknown --position {position!r}; use one of {', '.join(POSITIONS)}")
         if not texts:
             return []
-        per = passage_acts(self.lm, None, list(texts), self.hook, skip_tokens=self.skip_tokens, reduce="none",
-                           outlier_mult=self.outlier_mult)
+        # an empty text has no token to keep: it scores null like any text the mask empties (the
+        # passage forward refuses empty texts, and one blank input line must not fail the others)
+        full = [i for i, t in enumerate(texts) if t]
+        per_full = passage_acts(self.lm, None, [texts[i] for i in full], self.hook, skip_tokens=self.skip_tokens,
+                                reduce="none", outlier_mult=self.outlier_mult) if full else []
+        per = [TokenActs([], torch.zeros(0, 1), torch.zeros(0, dtype=torch.bool)) for _ in texts]
+        for i, p in zip(full, per_full):
+            per[i] = p
         f_em = [e for e in self.emotions if e in self.features and self.sae is not None]
         v_em = [e for e in self.emotions if e in self.vectors]
         fid = torch.tensor([self.features[e] for e in f_em], dtype=torch.long)
         V = torch.stack([self.vectors[e].float() for e in v_em]) if v_em else torch.zeros(0, 1)
         kept = [p.acts[p.keep] for p in per]
-        x = torch.cat(kept) if kept else torch.zeros(0, 1)
+        kept_any = [k for k in kept if k.shape[0]]
+        x = torch.cat(kept_any) if kept_any else torch.zeros(0, 1)
         feats = torch.zeros(x.shape[0], len(f_em))
         if f_em and x.shape[0]:
             dev = self.sae.W_enc.device
@@ -176,9 +188,11 @@ def render(row: dict, tokenizer) -> str:
     if isinstance(row.get("text"), str):
         return row["text"]
     msgs = row.get("messages")
-    if isinstance(msgs, list) and msgs and all(isinstance(m, dict) and "role" in m and "content" in m for m in msgs):
+    if isinstance(msgs, list) and msgs and all(isinstance(m, dict) and isinstance(m.get("role"), str)
+                                               and isinstance(m.get("content"), str) for m in msgs):
         return chat_text(tokenizer, msgs)
-    raise UserError("each input line needs a string field 'text' or a list 'messages' of {role, content}")
+    raise UserError("each input line needs a string field 'text' or a list 'messages' of {role, content} "
+                    "with string role and content")
 
 
 def chat_text(tokenizer, messages: list[dict]) -> str:

@@ -108,10 +108,14 @@ def screen(run_dir: str | Path, emotions: Sequence[str], sign: int, strength: st
         raise UserError(f"labels.json ranks no feature for {', '.join(emotions)}; run `emosae label {run}` first")
     if pairs == 1 or pairs < 0:
         raise UserError(f"pairs must be 0 (singles only) or >= 2, not {pairs}")
+    if pairs and parse_strength(strength).unit != "r":  # before the singles, not after minutes of them
+        raise UserError(f"pairs are screened at a residual-norm strength like 0.2r, not {strength}; "
+                        "give --strength in r units or --pairs 0")
     kw = dict(prompts=prompts or SCREEN_PROMPTS, samples=samples, control="none", out_dir=False, examples=0, kl=False,
               baselines={} if baselines is None else baselines, **sweep_kw)
     results = run_sweeps(run, [str(f) for f, _ in cands], ["0", strength], lm=lm, **kw)
-    rows = [_row(feature, why, why.split()[0], res) for (feature, why), res in zip(cands, results)]
+    # why is "<emotion> label #i" or "<emotion> aligned #i"; the emotion may be several words ("worn out")
+    rows = [_row(feature, why, why.rsplit(" ", 2)[0], res) for (feature, why), res in zip(cands, results)]
     if pairs:
         from itertools import combinations
 

@@ -508,7 +508,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="feature label|index (optionally LABEL:add), several joined by + (2905+1167: each clamped at the "
                         "strength), or vector:EMOTION; repeatable (one shared baseline)")
     p.add_argument("--strengths", default=DEFAULT_STRENGTHS, help=f"comma-separated, one unit (default {DEFAULT_STRENGTHS})")
-    p.add_argument("--mode", default="set", choices=["set", "add", "scale"], help="feature mode (vectors always add)")
+    p.add_argument("--mode", default=None, choices=["set", "add", "scale"], help="feature mode (default set; vectors always add)")
     p.add_argument("--scope", default="all", choices=["all", "prompt", "generated"])
     p.add_argument("--prompts", default=None, help=f"JSONL with a \"prompt\" per line (default: the shipped {DEFAULT_PROMPTS.name})")
     p.add_argument("--samples", type=int, default=8, help="samples per prompt (seeds S..S+N-1)")
@@ -518,11 +518,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--control", default="all", choices=["all", "max", "none"],
                    help="random-direction control at every non-zero strength, at the extremes, or not at all")
-    p.add_argument("--control-seed", type=int, default=1234)
-    p.add_argument("--control-kind", default="direction", choices=list(CONTROL_KINDS),
-                   help="the control's direction: isotropic random, or a random other SAE feature (same norm)")
-    p.add_argument("--control-directions", type=int, default=8,
-                   help="random directions the control averages over (row r uses seed control-seed + r mod K)")
+    p.add_argument("--control-seed", type=int, default=None, help="first seed of the control's directions (default 1234)")
+    p.add_argument("--control-kind", default=None, choices=list(CONTROL_KINDS),
+                   help="the control's direction: isotropic random (default), or a random other SAE feature (same norm)")
+    p.add_argument("--control-directions", type=int, default=None,
+                   help="random directions the control averages over (default 8; row r uses seed control-seed + r mod K)")
     p.add_argument("--batch-size", type=int, default=128, help="rows per generate() call")
     p.add_argument("--out", default=None, help="output directory (default RUN/sweeps)")
     p.add_argument("--model", default=None, help="model spec (default: the SAE's model)")
@@ -540,12 +540,19 @@ def cli(args: argparse.Namespace) -> int:
     from sae.cli import print_json
 
     output_dir(args.out)
+    # a flag that would change nothing is an error, not silently ignored
+    control_flags = [f for f, v in (("--control-seed", args.control_seed), ("--control-kind", args.control_kind),
+                                    ("--control-directions", args.control_directions)) if v is not None]
+    if args.control == "none" and control_flags:
+        raise UserError(f"{control_flags[0]} sets the random control, which --control none turns off; drop one of them")
+    if args.mode is not None and all(Target.parse(t).kind == "vector" for t in args.target):
+        raise UserError("--mode applies to feature targets; an emotion vector is always added (drop --mode)")
+    typed = {k: getattr(args, k) for k in ("mode", "control_seed", "control_kind", "control_directions")
+             if getattr(args, k) is not None}  # the rest take run_sweeps's defaults
     results = run_sweeps(args.run, args.target, args.strengths, prompts=args.prompts, samples=args.samples,
-                         seed=args.seed, mode=args.mode, scope=args.scope, max_new_tokens=args.max_new_tokens,
-                         temperature=args.temperature, top_p=args.top_p, control=args.control,
-                         control_seed=args.control_seed, control_kind=args.control_kind,
-                         control_directions=args.control_directions, model=args.model, device=args.device, out_dir=args.out,
-                         batch_size=args.batch_size)
+                         seed=args.seed, scope=args.scope, max_new_tokens=args.max_new_tokens,
+                         temperature=args.temperature, top_p=args.top_p, control=args.control, model=args.model,
+                         device=args.device, out_dir=args.out, batch_size=args.batch_size, **typed)
     text = table(results)
     if args.json:
         print(text, file=sys.stderr)

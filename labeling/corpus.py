@@ -26,7 +26,12 @@ def load_corpus(path: str | Path | None = None, split: str | None = None) -> lis
         rows = [r for p in sorted((DATA / "corpus").glob("*.jsonl")) for r in read_jsonl(p)]
     else:
         rows = read_jsonl(path, ("text", "emotion"))
-    for r in rows:
+    for i, r in enumerate(rows, 1):
+        # a user's file is checked here, naming the record, not deep in the tokenizer as a traceback
+        for key in ("text", "emotion"):
+            if not isinstance(r[key], str) or not r[key].strip():
+                raise UserError(f"{path or 'shipped corpus'}: record {i}: {key!r} must be a non-empty string; "
+                                "fix or remove that line")
         r.setdefault("split", "train")
         r.setdefault("topic", "")
         r["emotion"] = str(r["emotion"]).strip().lower()

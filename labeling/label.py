@@ -263,6 +263,17 @@ def chosen_features(labels_doc: dict) -> dict[str, int]:
     return {e: int(v[0]["feature"]) for e, v in (labels_doc.get("emotions") or {}).items() if v}
 
 
+def check_labels_fit(doc: dict, d_sae: int, run_dir: str | Path) -> None:
+    """labels.json must belong to this SAE: a labels file from another SAE (copied, or the run
+    retrained) would index past its features (a traceback) or, worse, read the wrong ones."""
+    made_for = (doc.get("settings") or {}).get("d_sae")
+    too_big = [f for f in chosen_features(doc).values() if not 0 <= f < d_sae]
+    if (made_for is not None and made_for != d_sae) or too_big:
+        what = f"an SAE with {made_for} features" if made_for is not None else f"feature {too_big[0]}"
+        raise UserError(f"{Path(run_dir) / LABELS} was made for {what}, but this SAE has {d_sae}; "
+                        f"re-run `emosae label {run_dir}`")
+
+
 def eval_file(run_dir: str | Path, path: str | Path, lm=None, model: str | None = None,
               device: str | None = None) -> dict:
     """Score a user file ({text, emotion}; `neutral` allowed) with the features chosen on the
@@ -290,6 +301,7 @@ def eval_file(run_dir: str | Path, path: str | Path, lm=None, model: str | None 
     per: dict[str, dict] = {}
     if known:
         scores, _ = score_rows(run_dir, rows, settings, lm, model, device)
+        check_labels_fit(doc, scores.shape[1], run_dir)
         for e in known:
             pos, neg, _ = split_masks(labels, e)
             f = chosen[e]
@@ -331,12 +343,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--corpus", default=None, help="JSONL with text, emotion[, topic, split] (default: shipped corpus)")
     p.add_argument("--eval", default=None, metavar="FILE",
                    help="score FILE (text, emotion) with the features already chosen; prints per-emotion AUROC")
-    p.add_argument("--skip-tokens", type=int, default=DEFAULT_SKIP, help=f"drop positions < N of each passage (default {DEFAULT_SKIP})")
-    p.add_argument("--reduce", default="mean", choices=("max", "mean"),
+    # labeling options default to None so that `--eval` can tell a typed one (which it cannot honour) from none
+    p.add_argument("--skip-tokens", type=int, default=None, help=f"drop positions < N of each passage (default {DEFAULT_SKIP})")
+    p.add_argument("--reduce", default=None, choices=("max", "mean"),
                    help="passage score: mean (default, the emotion vectors' rule) or max of a feature over the kept tokens")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for CIs")
-    p.add_argument("--n-null", type=int, default=20, help="label shuffles for the null")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-boot", type=int, default=None, help="bootstrap resamples for CIs (default 1000)")
+    p.add_argument("--n-null", type=int, default=None, help="label shuffles for the null (default 20)")
+    p.add_argument("--seed", type=int, default=None, help="default 0")
     p.add_argument("--model", default=None, help="override the model named in the SAE's metadata")
     p.add_argument("--device", default=None)
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
@@ -346,9 +359,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _cli(args: argparse.Namespace) -> int:
     from sae.cli import print_json
 
-    if args.skip_tokens < 0 or args.n_boot < 0 or args.n_null < 0:
+    if any(v is not None and v < 0 for v in (args.skip_tokens, args.n_boot, args.n_null)):
         raise UserError("--skip-tokens, --n-boot and --n-null must be >= 0")
     if args.eval:
+        # --eval scores with the features, skip rule and reduce labels.json was made with; these
+        # options only shape a new labeling, so typing them with --eval would be silently ignored
+        typed = [flag for flag, v in (("--corpus", args.corpus), ("--skip-tokens", args.skip_tokens),
+                                      ("--reduce", args.reduce), ("--n-boot", args.n_boot),
+                                      ("--n-null", args.n_null), ("--seed", args.seed)) if v is not None]
+        if typed:
+            raise UserError(f"{', '.join(typed)} cannot be used with --eval, which scores with the settings "
+                            f"labels.json was made with; drop them, or relabel first (`emosae label {args.run} "
+                            f"{' '.join(typed)} ...`)")
         res = eval_file(args.run, args.eval, model=args.model, device=args.device)
         if args.json:
             print_json(res)
@@ -360,8 +382,9 @@ def _cli(args: argparse.Namespace) -> int:
             if res["unknown_emotions"]:
                 print(f"no label for: {', '.join(res['unknown_emotions'])}")
         return 0
-    settings = LabelSettings(skip_tokens=args.skip_tokens, reduce=args.reduce, n_boot=args.n_boot, n_null=args.n_null,
-                             seed=args.seed)
+    given = {"skip_tokens": args.skip_tokens, "reduce": args.reduce, "n_boot": args.n_boot, "n_null": args.n_null,
+             "seed": args.seed}
+    settings = LabelSettings(**{k: v for k, v in given.items() if v is not None})
     summary = label_run(args.run, args.corpus, settings, model=args.model, device=args.device)
     if args.json:
         print_json(summary)

@@ -61,8 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("transformers", "datasets", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
-        from sae.io import write_json_atomic
+        from sae.io import output_dir, write_json_atomic
 
+        # a flag that the chosen source cannot use is an error, not silently dropped
+        if args.vectors and args.run:
+            raise UserError("give --run RUN (features and vectors) or --vectors DIR (vectors only), not both")
+        if args.layer is not None and not args.vectors:
+            raise UserError("--layer picks the layer of a --vectors dir; a run is read at its SAE's hook: drop --layer")
+        output_dir(args.out)
         templates = load_templates(args.templates)
         mon = build_monitor(args)
         doc = dose_response(mon, templates, args.position)

@@ -210,3 +210,124 @@ def test_cli_export_json(run_dir, tmp_path, capsys):
     assert Path(doc["entry"]).exists()
     rc = main(["browse", str(tmp_path / "missing"), "--export", str(tmp_path / "x")])
     assert rc == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_export_folder_is_readable_by_a_static_host(run_dir, tmp_path):
+    """The site folder gets a plain mkdir's permissions, not mkdtemp's 0700 (a web server running
+    as another user could not read it)."""
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        out = tmp_path / "site"
+        export_site(run_dir, out, blocks.Options(block_size=64))
+        assert (out.stat().st_mode & 0o777) == 0o755
+        assert all((p.stat().st_mode & 0o755) == 0o755 for p in out.rglob("*") if p.is_dir())
+    finally:
+        os.umask(umask)
+
+
+def test_export_target_mistakes_are_one_line_errors(run_dir, tmp_path, monkeypatch):
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(UserError, match="cannot create the export folder"):
+        export_site(run_dir, tmp_path / "a_file" / "site")
+    here = tmp_path / "empty_here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    for target in (".", str(here), ".."):  # renaming the folder one stands in away
+        with pytest.raises(UserError, match="current folder|not an emosae export"):
+            export_site(run_dir, target)
+    assert here.is_dir() and list(here.iterdir()) == []
+    rep = export_site(run_dir, "site")  # a new folder inside the current one is fine
+    assert Path(rep["entry"]) == here / "site" / "index.html"
+
+
+def test_cli_flag_mistakes_are_one_line_errors(run_dir, tmp_path, capsys):
+    """Out-of-range ports, an empty --export, and flags that a static export or a model-less
+    server would silently ignore: exit code 2 and one line naming the fix."""
+    from sae.cli import main
+
+    cases = [(["--port", "99999"], "--port 99999 is not a port"), (["--port", "-1"], "is not a port"),
+             (["--export", ""], "--export needs a folder name"),
+             (["--export", str(tmp_path / "s"), "--port", "9000"], "--port is for the server"),
+             (["--export", str(tmp_path / "s"), "--host", "0.0.0.0"], "--host is for the server"),
+             (["--device", "cpu"], "--device is where --model runs")]
+    for extra, msg in cases:
+        rc = main(["browse", str(run_dir), *extra])
+        err = capsys.readouterr().err
+        assert rc == 2 and msg in err and "Traceback" not in err, (extra, err)
+    assert not (tmp_path / "s").exists()
+
+
+def test_saelens_sae_directories_are_browsable(run_dir, tmp_path):
+    """A bare SAELens directory (cfg.json + weights, stats and labels beside them) and RUN/sae
+    browse like the run, as the other verbs accept them."""
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(run_dir / "sae", bare)
+    run = load_run(bare)
+    assert run.d_sae == 96 and run.hook == "blocks.15.hook_resid_post" and not run.has_stats
+    shutil.copytree(run_dir / "features", bare / "features")
+    shutil.copy(run_dir / "labels.json", bare / "labels.json")
+    run = load_run(bare)
+    assert run.has_stats and run.labels and run.hook == "blocks.15.hook_resid_post"
+    via_sae = load_run(run_dir / "sae")
+    assert via_sae.dir == run_dir and via_sae.has_stats and via_sae.labels and via_sae.alignment_emotions
+
+
+def test_alignment_uses_vectors_at_exactly_the_sae_hook(tmp_path):
+    """A resid_pre SAE is compared with the resid_pre vectors (`hook_resid_pre_L`), never with the
+    resid_post ones that share its layer number (`layer_L`)."""
+    from safetensors.numpy import load_file as load_np, save_file as save_np
+
+    run = make_synthetic_run(tmp_path / "pre", d_sae=32, d_in=16, images=False, hook="blocks.15.hook_resid_pre")
+    vf = run / "vectors" / "vectors.safetensors"
+    assert set(load_np(str(vf))) == {"layer_15"}
+    assert load_run(run).alignment_emotions == []  # no vectors at this hook: none shown
+    vecs = load_np(str(vf))["layer_15"]
+    from safetensors import safe_open
+
+    with safe_open(str(vf), framework="np") as f:
+        meta = f.metadata()
+    save_np({"layer_15": vecs, "hook_resid_pre_15": -vecs}, str(vf), metadata=meta)
+    r = load_run(run)
+    w = load_np(str(run / "sae" / "sae_weights.safetensors"))["W_dec"][:4].astype(np.float64)
+    w /= np.linalg.norm(w, axis=1, keepdims=True)
+    assert np.allclose(r.alignment_block(0, 4), w @ (-vecs.astype(np.float64)).T, atol=1e-5)
+    from features.browser.rundata import _vector_key
+
+    assert [_vector_key(h) for h in ("blocks.3.hook_resid_post", "model.layers.15", "blocks.2.hook_mlp_out",
+                                     "model.layers.15.mlp")] == ["layer_3", "layer_15", "hook_mlp_out_2", None]
+
+
+def test_malformed_labels_are_one_line_errors(tmp_path):
+    """labels.json whose "features"/"emotions" are not objects, or has no numeric feature key:
+    a UserError naming the file, not an AttributeError or max() of nothing."""
+    d = tmp_path / "r"
+    d.mkdir()
+    for doc, msg in (({"features": [1, 2]}, '"features" is not a JSON object'),
+                     ({"features": {"1": {"label": "x"}}, "emotions": ["x"]}, '"emotions" is not a JSON object'),
+                     ({"features": {"abc": {"label": "x"}}}, "nothing to browse")):
+        (d / "labels.json").write_text(json.dumps(doc))
+        with pytest.raises(UserError, match=msg):
+            load_run(d)
+
+
+def test_a_port_in_use_fails_before_a_model_loads(run_dir, monkeypatch):
+    """`browse RUN --model` on a busy port: the one-line port error comes first, not after the
+    model has loaded."""
+    import socket
+
+    import features.browser.live
+    from features.browser import serve
+
+    def no_model(*a, **kw):
+        raise AssertionError("the model loaded before the port was checked")
+
+    monkeypatch.setattr(features.browser.live, "Live", no_model)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        with pytest.raises(UserError, match="cannot listen.*pick another --port"):
+            serve(run_dir, port=busy.getsockname()[1], model="smollm2-135m")

@@ -272,6 +272,53 @@ def test_path_traversal_is_404(run_dir):
         srv.shutdown()
 
 
+def test_very_long_tokens_and_labels_wrap_instead_of_widening_the_page(browser, tmp_path):
+    """A 3,000-character token, a 600-character label and a long evidence passage wrap inside the
+    page: nothing is wider than the window (tokens were `white-space: pre` and the label <select>
+    grew with its longest option)."""
+    from safetensors.numpy import load_file as load_np
+
+    run = make_synthetic_run(tmp_path / "long", d_sae=16, d_in=16, images=False, sae=False, seed=4)
+    vocab = json.loads((run / "features" / "vocab.json").read_text())
+    tokens = load_np(str(run / "features" / "stats.safetensors"))["top_tokens"]
+    center = tokens.shape[-1] // 2
+    vocab[int(tokens[0, 0, center])] = "X" * 3000
+    (run / "features" / "vocab.json").write_text(json.dumps(vocab))
+    labels = json.loads((run / "labels.json").read_text())
+    long_label = "`${window.__pwned=1}`\u2028" + "Y" * 600
+    labels["features"]["0"] = {"label": long_label, "score": 0.9, "auroc": 0.9,
+                               "evidence": [{"text": "Z" * 5000, "emotion": long_label, "act": 1.0}]}
+    labels["emotions"][long_label] = [{"feature": 0, "auroc": 0.9, "heldout_auroc": 0.8}]
+    (run / "labels.json").write_text(json.dumps(labels))
+    base = Path(export_site(run, tmp_path / "site")["entry"]).as_uri()
+    w = Watch(browser)
+    pg = w.page
+    try:
+        for route, ready in (("#/", ".vrow"), ("#/feature/0", "#top-contexts .tok"), ("#/emotions", "#emotion-table")):
+            pg.goto(base + route)
+            pg.wait_for_selector(ready)
+            width = pg.evaluate("[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+            assert width[0] <= width[1], (route, width)
+        w.clean()
+    finally:
+        w.close()
+
+
+def test_ipv6_host_serves(run_dir):
+    """--host ::1 listens (the stdlib server binds IPv4 only) and answers the site, bracketed URL."""
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    srv = serve(run_dir, host="::1", port=0)
+    try:
+        assert srv.url == f"http://[::1]:{srv.port}/"
+        with socket.create_connection(("::1", srv.port), timeout=10) as s:
+            s.sendall(f"GET /data/site.js HTTP/1.1\r\nHost: [::1]:{srv.port}\r\nConnection: close\r\n\r\n".encode())
+            head = s.recv(65536).split(b"\r\n", 1)[0]
+        assert head == b"HTTP/1.1 200 OK"
+    finally:
+        srv.shutdown()
+
+
 def test_large_list_is_virtual(browser, tmp_path):
     run = make_synthetic_run(tmp_path / "big", d_sae=5000, d_in=16, images=False, sae=False, seed=3)
     srv = serve(run, port=0)

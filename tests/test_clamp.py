@@ -510,6 +510,27 @@ def test_the_unsteered_strength_of_each_mode():
     assert Target.parse("happy:scale").unsteered(one)
 
 
+def test_sweep_flags_that_would_change_nothing_are_errors(run, tmp_path, capsys, monkeypatch):
+    """--control-* with --control none, and --mode with only vector targets, were silently ignored:
+    now one line and exit code 2, before the model loads."""
+    import features.sweep
+    from sae.cli import main
+
+    def must_not_run(*a, **kw):
+        raise AssertionError("the sweep ran: the flag was silently ignored")
+
+    monkeypatch.setattr(features.sweep, "run_sweeps", must_not_run)
+    cases = [(["--target", "happy", "--control", "none", "--control-kind", "feature"], "--control-kind sets the random control"),
+             (["--target", "happy", "--control", "none", "--control-directions", "4"], "--control-directions"),
+             (["--target", "happy", "--control", "none", "--control-seed", "7"], "--control-seed"),
+             (["--target", "vector:happy", "--mode", "add"], "--mode applies to feature targets")]
+    for extra, msg in cases:
+        assert main(["sweep", str(run), *extra, "--out", str(tmp_path / "sw")]) == 2, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and msg in err[0], err
+    assert not (tmp_path / "sw").exists()
+
+
 def test_sweep_rows_files_and_control(lm, run, tmp_path):
     from features.sweep import run_sweeps, table
 
@@ -746,6 +767,47 @@ def test_screen_pairs_the_best_singles_at_the_same_norm(monkeypatch, run):
     assert "11+3" in table(doc) and "<- pick" in table(doc)
     with pytest.raises(UserError, match="pairs must be 0"):
         screen(run, ["happy"], -1, "0.2r", pairs=1, lm=object())
+
+
+def test_screen_refuses_a_pair_strength_unit_before_screening_singles(monkeypatch, run):
+    """Pairs need an r strength; a 2x or absolute one is refused before the singles are generated
+    (it used to fail only after them, minutes into a screen)."""
+    import features.sweep
+    from features.screen import screen
+
+    calls = []
+    monkeypatch.setattr(features.sweep, "run_sweeps", lambda *a, **kw: calls.append(a) or [])
+    for strength in ("2x", "8.0"):
+        with pytest.raises(UserError, match="residual-norm strength.*--pairs 0"):
+            screen(run, ["happy"], -1, strength, top=2, aligned=0, pairs=2, lm=object())
+    assert calls == []
+
+
+def test_screen_keeps_multi_word_emotions_whole(monkeypatch, run, tmp_path):
+    """The paper's list has emotions such as "worn out": a candidate's "emotion" is the whole name
+    (it was the first word, "worn"), for labeled, aligned and paired candidates alike."""
+    import shutil
+
+    import features.sweep
+    from features.screen import screen
+
+    d = tmp_path / "run"
+    shutil.copytree(run, d)
+    labels = json.loads((d / "labels.json").read_text())
+    labels["emotions"]["worn out"] = [{"feature": 5, "auroc": 0.8}]
+    labels["aligned"] = {"worn out": [{"feature": 6, "cos": 0.4}]}
+    (d / "labels.json").write_text(json.dumps(labels))
+
+    def fake_sweeps(run_dir, targets, strengths, **kw):
+        per = kw.get("target_strengths") or [strengths] * len(targets)
+        return [{"label": None, "settings": {}, "rows": [{"strength": "0"}, {"strength": st[1], "delta": -0.3, "delta_lo": -0.4,
+                                                           "delta_hi": -0.2, "ppl_ratio": 1.2, "kl": None}]} for st in per]
+
+    monkeypatch.setattr(features.sweep, "run_sweeps", fake_sweeps)
+    doc = screen(d, ["worn out"], -1, "0.2r", top=1, aligned=1, pairs=2, lm=object())
+    assert [(c["why"], c["emotion"]) for c in doc["candidates"]] == [
+        ("worn out label #1", "worn out"), ("worn out aligned #1", "worn out"),
+        ("pair worn out label #1 + worn out aligned #1", "worn out")]
 
 
 def test_screen_runs_each_candidate_against_one_baseline(lm, run, capsys):

@@ -168,3 +168,80 @@ def test_dose_response_script(run, tmp_path, capsys):
                     "--out", str(tmp_path / "d2")]) == 0
     assert "acetaminophen" in capsys.readouterr().out
     assert dr.main(["--vectors", str(run_dir / "vectors"), "--layer", "9", "--templates", str(t)]) == 2
+
+
+def test_monitor_edge_inputs(run, tmp_path, capsys):
+    """An empty text scores null (no token kept) without failing the other lines; a message whose
+    content is not a string, and `--emotions` naming nothing, are one-line errors (exit 2)."""
+    run_dir, _, _ = run
+    rows = [{"text": "", "id": "blank"}, TEXTS[0], {"text": "Ünïcode ☃ snow fell on the quiet town.", "id": 3}]
+    rc, out, err = _call(capsys, run_dir, "--input", _write(tmp_path, rows), "--json")
+    assert rc == 0 and [o.get("id") for o in out] == ["blank", 1, 3]
+    assert out[0]["text"] == "" and set(out[0]["features"].values()) == {None} and set(out[0]["vectors"].values()) == {None}
+    assert all(v is not None for o in out[1:] for v in o["vectors"].values())
+    rc, out, _ = _call(capsys, run_dir, "--input", _write(tmp_path, [{"text": ""}]), "--json", "--tokens")
+    assert rc == 0 and out[0]["tokens"] == [] and set(out[0]["features"].values()) == {None}
+    bad = [TEXTS[0], {"messages": [{"role": "user", "content": None}]}]
+    rc, out, err = _call(capsys, run_dir, "--input", _write(tmp_path, bad), "--json")
+    assert rc == 2 and out == [] and "input row 2" in err and "Traceback" not in err
+    rc, _, err = _call(capsys, run_dir, "--input", _write(tmp_path, TEXTS[:1]), "--json", "--emotions", ",")
+    assert rc == 2 and "--emotions names no emotion" in err
+    rc, out, _ = _call(capsys, run_dir, "--input", _write(tmp_path, TEXTS[:1]), "--json", "--emotions", "afraid,Afraid")
+    assert rc == 0 and set(out[0]["features"]) == {"afraid"}
+
+
+def test_dose_templates_checked_before_the_model(tmp_path, lm):
+    """Template mistakes are one-line errors found before a model loads; other braces in a
+    template are plain text, not format fields."""
+    from features.dose import load_templates, prompts
+    from sae.errors import UserError
+
+    good = {"name": "json-ish_1", "template": "My config {\"dose\": {value}} says {value} mg.", "values": [1, 2.5, 4]}
+    t = tmp_path / "t.jsonl"
+    t.write_text(json.dumps(good) + "\n")
+    (row,) = load_templates(t)
+    text = prompts(row, lm.tokenizer)[1]
+    assert 'My config {"dose": 2.5} says 2.5 mg.' in text
+    bad = [({"values": [1, 2, "x"]}, "positive numbers"), ({"values": [0, 1, 2]}, "positive numbers"),
+           ({"name": "../up"}, "names the plot file"), ({"template": 3}, "placeholder"),
+           ({"expect": ["afraid"]}, "expect must be")]
+    for change, msg in bad:
+        t.write_text(json.dumps({**good, **change}) + "\n")
+        with pytest.raises(UserError, match=msg):
+            load_templates(t)
+    t.write_text(json.dumps(good) + "\n" + json.dumps(good) + "\n")
+    with pytest.raises(UserError, match="used twice"):
+        load_templates(t)
+
+
+def test_dose_script_refuses_unused_flags(run, tmp_path, capsys):
+    dr = _script()
+    run_dir, _, _ = run
+    t = tmp_path / "templates.jsonl"
+    t.write_text(json.dumps({"name": "pages", "template": "I read {value} pages.", "values": [1, 4, 16]}) + "\n")
+    out_file = tmp_path / "file.txt"
+    out_file.write_text("x")
+    for argv, msg in ((["--run", str(run_dir), "--layer", "5"], "drop --layer"),
+                      (["--run", str(run_dir), "--vectors", str(run_dir / "vectors")], "not both"),
+                      (["--run", str(run_dir), "--out", str(out_file)], "is a file")):
+        assert dr.main([*argv, "--templates", str(t), "--emotions", "afraid"]) == 2, argv
+        assert msg in capsys.readouterr().err
+    # a template without "expect" (optional) plots and writes its json
+    assert dr.main(["--run", str(run_dir), "--templates", str(t), "--emotions", "afraid", "--out", str(tmp_path / "o")]) == 0
+    assert (tmp_path / "o" / "dose_pages.png").exists() and (tmp_path / "o" / "dose_response.json").exists()
+
+
+def test_monitor_labels_of_another_sae(run, tmp_path, capsys):
+    """labels.json from another SAE (a feature id past d_sae, or another d_sae) is a one-line error."""
+    run_dir, _, _ = run
+    inp = _write(tmp_path, TEXTS[:1])
+    for bad in ({"emotions": {"afraid": [{"feature": 100, "auroc": 0.9}]}},
+                {"settings": {"skip_tokens": 2, "reduce": "max", "d_sae": 128}}):
+        other = tmp_path / f"other{len(bad['emotions']) if 'emotions' in bad else 0}"
+        other.mkdir()
+        (other / "sae").symlink_to(run_dir / "sae", target_is_directory=True)
+        (other / "vectors").symlink_to(run_dir / "vectors", target_is_directory=True)
+        labels = json.loads((run_dir / "labels.json").read_text())
+        (other / "labels.json").write_text(json.dumps({**labels, **bad}))
+        rc, out, err = _call(capsys, other, "--input", inp, "--json")
+        assert rc == 2 and out == [] and "this SAE has 64" in err and "emosae label" in err

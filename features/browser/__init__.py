@@ -30,26 +30,31 @@ def serve(run_dir, host: str = "127.0.0.1", port: int = 8000, model: str | None 
     from features.browser.site import Site
 
     run = load_run(run_dir)
-    live = None
+    # listen first: a port in use is reported before a model spends its seconds (or minutes) loading
+    server = BrowserServer(Site(run, options, mode="server"), host, port)
     if model:
         from features.browser.live import Live
 
-        live = Live(run_dir, model, device=device)
-    site = Site(run, options, mode="server", live=live.caps() if live else None)
-    server = BrowserServer(site, host, port, live=live)
+        try:
+            live = Live(run_dir, model, device=device)
+        except BaseException:
+            server.shutdown()
+            raise
+        server.live = live
+        server.site = Site(run, options, mode="server", live=live.caps())
     return server.start() if background else server
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("browse", help="browse a run's features in a web page (or --export a static site)")
     p.add_argument("run", help="run directory")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port (0 picks a free one)")
+    p.add_argument("--host", default=None, help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=None, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--export", metavar="DIR", default=None, help="write a static site to DIR instead of serving")
     p.add_argument("--model", nargs="?", const="auto", default=None, metavar="SPEC",
                    help="load a model for the 'fires on this text' box and the clamp playground "
                         "(no SPEC: the model recorded in the SAE)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default=None, help="device for --model (default cpu)")
     p.add_argument("--block-size", type=int, default=Options.block_size, help="features per data file")
     p.add_argument("--max-contexts", type=int, default=Options.max_top, help="top contexts kept per feature")
     p.add_argument("--samples-per-bin", type=int, default=Options.max_per_bin, help="quantile samples kept per bin")
@@ -64,9 +69,19 @@ def _browse(args: argparse.Namespace) -> int:
     if args.block_size < 1 or args.max_contexts < 0 or args.samples_per_bin < 0:
         raise UserError("--block-size must be >= 1 and --max-contexts, --samples-per-bin >= 0")
     opts = Options(block_size=args.block_size, max_top=args.max_contexts, max_per_bin=args.samples_per_bin)
-    if args.export:
+    if args.port is not None and not 0 <= args.port <= 65535:
+        raise UserError(f"--port {args.port} is not a port; give 1..65535 (or 0 for a free one)")
+    if args.device is not None and not args.model:  # said, not silently ignored
+        raise UserError("--device is where --model runs; add --model or drop --device")
+    if args.export is not None:
+        if not args.export.strip():
+            raise UserError("--export needs a folder name, e.g. --export site")
         if args.model:
             raise UserError("--model needs a server; a static export has no model (drop --model or --export)")
+        given = [flag for flag, v in (("--host", args.host), ("--port", args.port)) if v is not None]
+        if given:
+            raise UserError(f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} for the server, and a static "
+                            f"export does not listen (drop {' and '.join(given)} or --export)")
         report = export_site(args.run, args.export, opts)
         if args.json:
             print_json(report)
@@ -75,7 +90,8 @@ def _browse(args: argparse.Namespace) -> int:
                   f"{report['n_files']} files; first load {report['first_load_bytes'] / 1e3:.0f} kB\n"
                   f"open {report['entry']}", file=sys.stderr)
         return 0
-    server = serve(args.run, args.host, args.port, args.model, opts, args.device, background=False)
+    server = serve(args.run, "127.0.0.1" if args.host is None else args.host, 8000 if args.port is None else args.port,
+                   args.model, opts, args.device or "cpu", background=False)
     if args.json:
         print_json({"url": server.url, "host": server.host, "port": server.port})
     print(f"emosae browse: serving {args.run} at {server.url} (Ctrl-C stops)", file=sys.stderr)

@@ -27,15 +27,31 @@ FIRST_LOAD = ("index.html", "static/app.js", "static/app.css", "data/site.js", "
 def _check_target(out: Path) -> None:
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).exists())):
         raise UserError(f"{out} exists and is not an emosae export; choose a new or empty folder for --export")
+    cwd, real = Path.cwd(), out.resolve()
+    if real == cwd or real in cwd.parents:  # the swap renames `out` away, and the shell would sit in a deleted folder
+        raise UserError(f"--export {out} is the current folder (or holds it); give a new folder such as {out / 'site'}")
+
+
+def _temp_dir(out: Path) -> Path:
+    """An empty folder beside `out` to build the site in, with the permissions a plain mkdir
+    gives (mkdtemp makes it 0700, which a static host running as another user cannot read)."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as e:
+        raise UserError(f"cannot create the export folder {out} ({e.strerror}); choose another --export folder") from None
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    return tmp
 
 
 def write_site(site: Site, out_dir: str | os.PathLike) -> dict:
     """Write every file of `site` under `out_dir`; returns sizes (bytes) and counts."""
-    out = Path(out_dir).expanduser()
+    out = Path(os.path.abspath(Path(out_dir).expanduser()))  # "." and ".." have no name to swap by
     _check_target(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = _temp_dir(out)
     sizes: dict[str, int] = {}
     try:
         for rel in site.paths():

@@ -121,27 +121,35 @@ class RunData:
         return w @ vecs.T
 
 
-def _layer_of(hook: str | None) -> int | None:
-    m = re.search(r"(?:blocks|layers|h)\.(\d+)", hook or "")
-    return int(m.group(1)) if m else None
+def _vector_key(hook: str | None) -> str | None:
+    """The key of the emotion vectors at exactly the SAE's hook (features.vectors.vector_key):
+    `layer_{L}` for resid_post, written `blocks.L.hook_resid_post` or as SAELens's module path
+    `model.layers.L`; `{kind}_{L}` for other TransformerLens hooks; None when the hook cannot be
+    told (a module path to an attention or MLP output), so no other hook's vectors are shown."""
+    m = re.fullmatch(r"blocks\.(\d+)\.(hook_\w+)", hook or "")
+    if m:
+        return f"layer_{m.group(1)}" if m.group(2) == "hook_resid_post" else f"{m.group(2)}_{m.group(1)}"
+    m = re.fullmatch(r"(?:[\w.]+\.)?(?:layers|h|blocks)\.(\d+)", hook or "")
+    return f"layer_{m.group(1)}" if m else None
 
 
-def _load_alignment(run: RunData) -> None:
-    """Emotion vectors at the SAE's layer, for decoder-row cosines (skipped, with a log line,
-    when the run has no vectors at that layer or no SAE weights)."""
+def _load_alignment(run: RunData, weights: Path) -> None:
+    """Emotion vectors at the SAE's hook, for decoder-row cosines (skipped, with a log line,
+    when the run has no vectors at that hook or no SAE weights)."""
     vec_file = run.dir / "vectors" / "vectors.safetensors"
-    weights = run.dir / "sae" / "sae_weights.safetensors"
     if not vec_file.exists() or not weights.exists() or run.sae_cfg is None:
         return
     from safetensors import safe_open
 
-    layer = _layer_of(run.hook)
+    key = _vector_key(run.hook)
+    if key is None:
+        log.info("browse: cannot tell which emotion vectors match hook %s; alignment is not shown", run.hook)
+        return
     try:
         with safe_open(str(vec_file), framework="np") as f:
             meta = f.metadata() or {}
-            key = f"layer_{layer}"
             if key not in f.keys():
-                log.info("browse: vectors have no %s (the SAE's layer); alignment is not shown", key)
+                log.info("browse: vectors have no %s (the SAE's hook); alignment is not shown", key)
                 return
             vecs = f.get_tensor(key).astype(np.float32)
         emotions = json.loads(meta.get("emotions", "null")) or (run.vectors_info or {}).get("emotions")
@@ -163,6 +171,11 @@ def load_run(run_dir: str | Path) -> RunData:
     d = Path(run_dir).expanduser()
     if not d.is_dir():
         raise UserError(f"run directory {run_dir} does not exist; give a run directory (RUN) written by `emosae train`")
+    # RUN, RUN/sae or a bare SAELens SAE directory (cfg.json + weights, with the stats and labels
+    # that `emosae stats/label DIR` write beside them), as the other verbs accept (features.clamp)
+    sae_dir = next((c for c in (d, d / "sae") if (c / "cfg.json").is_file()), None)
+    if sae_dir == d and d.name == "sae" and not ((d / "labels.json").exists() or (d / STATS_FILE).exists()):
+        d = d.parent  # RUN/sae: the run's files are one level up
     if (d / "index.json").exists() and not (d / "sae").exists():
         idx = _read_json(d / "index.json", "index")
         names = [str(s.get("name")) for s in idx.get("saes", []) if isinstance(s, dict)]
@@ -172,6 +185,10 @@ def load_run(run_dir: str | Path) -> RunData:
         run.labels = _read_json(d / "labels.json", "labels")
         if not isinstance(run.labels, dict):
             raise UserError(f"{d / 'labels.json'} is not a JSON object; re-run `emosae label`")
+        wrong = [k for k in ("features", "emotions", "aligned") if run.labels.get(k) is not None
+                 and not isinstance(run.labels[k], dict)]
+        if wrong:  # docs/formats.md: each is an object keyed by feature id or emotion
+            raise UserError(f"{d / 'labels.json'}: \"{wrong[0]}\" is not a JSON object; re-run `emosae label`")
     for name in ("metrics.json",):
         if (d / name).exists():
             run.metrics = _read_json(d / name, "metrics")
@@ -181,8 +198,8 @@ def load_run(run_dir: str | Path) -> RunData:
         run.geometry = _read_json(d / "geometry.json", "geometry")
     if (d / "vectors" / "vectors.json").exists():
         run.vectors_info = _read_json(d / "vectors" / "vectors.json", "vectors info")
-    if (d / "sae" / "cfg.json").exists():
-        run.sae_cfg = _read_json(d / "sae" / "cfg.json", "SAE config")
+    if sae_dir is not None:
+        run.sae_cfg = _read_json(sae_dir / "cfg.json", "SAE config")
     for site_name, rel in (("curves.png", "curves.png"), ("emotion_map.png", "emotion_map.png")):
         if (d / rel).is_file():
             run.images[site_name] = d / rel
@@ -212,9 +229,10 @@ def load_run(run_dir: str | Path) -> RunData:
         run.d_sae = int(run.sae_cfg.get("d_sae", 0))
     feats = run.labels.get("features") or {}
     if not run.d_sae and feats:
-        run.d_sae = 1 + max(int(k) for k in feats if str(k).isdigit())
+        run.d_sae = 1 + max((int(k) for k in feats if str(k).isdigit()), default=-1)
     if not run.d_sae:
         raise UserError(f"nothing to browse in {run_dir}: no features/stats.safetensors, labels.json or sae/cfg.json; "
                         "run `emosae stats RUN` and `emosae label RUN` first")
-    _load_alignment(run)
+    if sae_dir is not None:
+        _load_alignment(run, sae_dir / "sae_weights.safetensors")
     return run

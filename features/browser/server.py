@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import socket
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -129,6 +130,12 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(HTTPStatus.OK, out)
 
 
+class _ThreadingHTTPServer6(ThreadingHTTPServer):
+    """For an IPv6 --host (`::1`, `::`): the stdlib server binds IPv4 sockets only."""
+
+    address_family = socket.AF_INET6
+
+
 class BrowserServer:
     """A running server; `url` to open, `shutdown()` to stop (it runs in a daemon thread unless
     `serve_forever()` is called)."""
@@ -136,8 +143,11 @@ class BrowserServer:
     def __init__(self, site: Site, host: str = "127.0.0.1", port: int = 8000, live=None):
         self.site = site
         self.live = live
+        if not 0 <= port <= 65535:
+            raise UserError(f"--port {port} is not a port; give 1..65535 (or 0 for a free one)")
+        server_cls = _ThreadingHTTPServer6 if ":" in host else ThreadingHTTPServer
         try:
-            self.httpd = ThreadingHTTPServer((host, port), _Handler)
+            self.httpd = server_cls((host, port), _Handler)
         except OSError as e:
             raise UserError(f"cannot listen on {host}:{port} ({e.strerror}); pick another --port or --host") from None
         self.httpd.daemon_threads = True
