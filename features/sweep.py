@@ -172,6 +172,10 @@ def run_sweeps(run_dir: str | Path, targets: Sequence[Any], strengths: Sequence 
     targets = [Target.parse(t, mode) for t in targets]
     if not targets:
         raise UserError("no target to sweep; give a feature label/index or vector:EMOTION")
+    slugs = [_slug(t.name) for t in targets]
+    twice = next((s for s in slugs if slugs.count(s) > 1), None)
+    if twice is not None and out_dir is not False:  # the second would overwrite the first's files
+        raise UserError(f"two targets would both write sweep_{twice}.*; give each target once")
     if target_strengths is not None and len(target_strengths) != len(targets):
         raise UserError(f"{len(target_strengths)} strength lists for {len(targets)} targets; give one per target")
     per_target = [_strength_list(x) for x in (target_strengths or [strengths] * len(targets))]

@@ -144,7 +144,7 @@ def run_passages(lm, texts: Sequence[str], hook: str, outlier_mult: float | None
     docs = tokenize(lm.tokenizer, texts, max_tokens)
     empty = [i for i, d in enumerate(docs) if not d]
     if empty:
-        raise UserError(f"text #{empty[0]} is empty after tokenization; remove empty texts")
+        raise UserError(f"passage {empty[0] + 1} of {len(texts)} is empty after tokenization; remove empty texts")
     device = _device_of(lm)
     specials = special_ids(lm.tokenizer)
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.tokenizer.eos_token_id

@@ -345,3 +345,23 @@ def test_large_list_is_virtual(browser, tmp_path):
     finally:
         w.close()
         srv.shutdown()
+
+
+def test_no_kept_contexts_is_not_called_never_fired(browser, run_dir, tmp_path):
+    """`--max-contexts 0` keeps no contexts; a feature that did fire must not be called dead."""
+    from features.browser.blocks import Options
+
+    max_act = load_file(str(run_dir / "features" / "stats.safetensors"))["max_act"]
+    fired, dead = int(np.argmax(max_act > 0)), (np.flatnonzero(max_act <= 0).tolist() or [None])[0]
+    base = Path(export_site(run_dir, tmp_path / "site", Options(max_top=0))["entry"]).as_uri()
+    w = Watch(browser)
+    try:
+        w.page.goto(base + f"#/feature/{fired}")
+        expect(w.page.locator("text=No contexts kept")).to_be_visible()
+        assert w.page.locator("text=never fired").count() == 0
+        if dead is not None:
+            w.page.goto(base + f"#/feature/{dead}")
+            expect(w.page.locator("text=never fired")).to_be_visible()
+        w.clean()
+    finally:
+        w.close()

@@ -531,6 +531,14 @@ def test_sweep_flags_that_would_change_nothing_are_errors(run, tmp_path, capsys,
     assert not (tmp_path / "sw").exists()
 
 
+def test_sweep_refuses_a_target_given_twice(lm, run, tmp_path):
+    from features.sweep import run_sweeps
+
+    with pytest.raises(UserError, match="sweep_happy"):
+        run_sweeps(run, ["happy", "vector:happy", "happy"], "0,0.3r", lm=lm, out_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_sweep_rows_files_and_control(lm, run, tmp_path):
     from features.sweep import run_sweeps, table
 

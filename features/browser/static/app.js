@@ -398,7 +398,8 @@
     if (f.top) {
       root.appendChild(h("h2", { text: "Top activating contexts" }));
       root.appendChild(contexts(block, f.top, f.sc, "top-contexts"));
-      if (!f.top.v.length) root.appendChild(h("p", { class: "muted", text: "This feature never fired on the statistics corpus." }));
+      const peak = f.max !== undefined ? f.max : S.cols.max_act[id];
+      if (!f.top.v.length) root.appendChild(h("p", { class: "muted", text: peak > 0 ? "No contexts kept (--max-contexts 0)." : "This feature never fired on the statistics corpus." }));
     }
     const grid = h("div", { class: "grid2" });
     if (f.hist) grid.appendChild(h("div", null, h("h2", { text: "Activation histogram (non-zero activations)" }), histogram(f.hist)));
