@@ -186,7 +186,9 @@ def geometry(emotions: Sequence[str], vectors: np.ndarray, norms: dict[str, dict
     # where valence lives when it is not PC1: r of VADER valence with each of the first PCs (raw signs)
     more, _ = pca(vectors, 5)
     by_pc = [correlate(more[:, k], emotions, vader, "valence", "vader", k + 1).r for k in range(more.shape[1])]
-    flipped = [v.r is not None and v.r < 0, ar is not None and ar.r is not None and ar.r < 0]
+    # VADER orients PC1 where it rates enough of the words; else the user's valence norms do
+    by = next((c for c in corrs if c.rating == "valence" and c.r is not None), v)
+    flipped = [by.r is not None and by.r < 0, ar is not None and ar.r is not None and ar.r < 0]
     for pc in (0, 1):
         if flipped[pc]:
             scores[:, pc] *= -1

@@ -145,6 +145,20 @@ def test_norms_file(tmp_path):
         read_norms(bad)
 
 
+def test_norms_orient_pc1_when_vader_rates_too_few_words():
+    """Words VADER lacks (n < 3 for it): the user's valence norms orient PC1, so r >= 0 as documented."""
+    words = ["zorpish", "blickful", "quuxed", "frobbed", "wuggy", "snarfed"]
+    valence = np.array([8.0, 2.0, 6.5, 1.5, 7.0, 3.0])
+    rng = np.random.default_rng(0)
+    axis, other = np.linalg.qr(rng.normal(size=(16, 2)))[0].T
+    for sign in (1.0, -1.0):
+        vecs = np.stack([sign * (v - valence.mean()) * axis + 0.3 * rng.normal() * other for v in valence])
+        doc = geometry(words, vecs, {w: {"valence": v, "arousal": 5.0} for w, v in zip(words, valence)}, "norms")
+        assert doc["n"] == 0 and doc["pc1_valence_r"] is None
+        norms_r = [c for c in doc["correlations"] if c["rating"] == "valence" and c["source"] == "norms"][0]["r"]
+        assert norms_r > 0.9
+
+
 def test_cli_on_a_vectors_dir(tmp_path, capsys):
     from sae.cli import main
 
