@@ -14,7 +14,7 @@ from pathlib import Path
 
 from labeling.corpus import DATA, NEUTRAL, find_forbidden
 from sae.errors import UserError
-from sae.io import read_jsonl
+from sae.io import atomic_path, read_jsonl
 
 log = logging.getLogger("emosae")
 
@@ -83,9 +83,8 @@ def _drop_partial_line(path: Path) -> None:
     if data and not data.endswith(b"\n"):
         keep = data.rfind(b"\n") + 1
         log.warning("stories: %s ends in a partial row (a run stopped mid-write); dropping it to write it again", path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(data[:keep])
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data[:keep])
 
 
 def write_stories(emotions: list[str], topics: list[str], per_topic: int, out: str | Path,

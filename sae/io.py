@@ -13,6 +13,14 @@ from typing import Any, Iterator
 from sae.errors import UserError
 
 
+def usual_mode(path: Path, base: int) -> None:
+    """Give a temp file (mkstemp: 0600) or folder (mkdtemp: 0700) the permissions a plain create
+    would, `base & ~umask`, so what it becomes is readable as any other output is."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, base & ~umask)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success it replaces `path` in one rename."""
@@ -23,10 +31,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        if tmp_path.exists():  # mkstemp makes 0600 files; give them the usual umask permissions
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp_path, 0o666 & ~umask)
+        if tmp_path.exists():
+            usual_mode(tmp_path, 0o666)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

@@ -297,8 +297,12 @@ def test_alignment_uses_vectors_at_exactly_the_sae_hook(tmp_path):
     assert np.allclose(r.alignment_block(0, 4), w @ (-vecs.astype(np.float64)).T, atol=1e-5)
     from features.browser.rundata import _vector_key
 
+    from features.vectors import vector_key
+
     assert [_vector_key(h) for h in ("blocks.3.hook_resid_post", "model.layers.15", "blocks.2.hook_mlp_out",
                                      "model.layers.15.mlp")] == ["layer_3", "layer_15", "hook_mlp_out_2", None]
+    for hook in ("blocks.0.hook_resid_pre", "blocks.29.hook_resid_post", "blocks.7.hook_attn_out"):
+        assert _vector_key(hook) == vector_key(hook)  # the browser's torch-free copy of the contract
 
 
 def test_malformed_labels_are_one_line_errors(tmp_path):

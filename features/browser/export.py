@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from sae.errors import UserError
+from sae.io import usual_mode
 
 from features.browser.blocks import Options
 from features.browser.rundata import load_run
@@ -40,9 +41,7 @@ def _temp_dir(out: Path) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     except OSError as e:
         raise UserError(f"cannot create the export folder {out} ({e.strerror}); choose another --export folder") from None
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
+    usual_mode(tmp, 0o777)
     return tmp
 
 

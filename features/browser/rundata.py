@@ -125,7 +125,9 @@ def _vector_key(hook: str | None) -> str | None:
     """The key of the emotion vectors at exactly the SAE's hook (features.vectors.vector_key):
     `layer_{L}` for resid_post, written `blocks.L.hook_resid_post` or as SAELens's module path
     `model.layers.L`; `{kind}_{L}` for other TransformerLens hooks; None when the hook cannot be
-    told (a module path to an attention or MLP output), so no other hook's vectors are shown."""
+    told (a module path to an attention or MLP output), so no other hook's vectors are shown.
+    Not an import of vector_key: features.vectors loads torch, which the browser never needs
+    (a test keeps the two in step)."""
     m = re.fullmatch(r"blocks\.(\d+)\.(hook_\w+)", hook or "")
     if m:
         return f"layer_{m.group(1)}" if m.group(2) == "hook_resid_post" else f"{m.group(2)}_{m.group(1)}"
