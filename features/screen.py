@@ -192,6 +192,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pairs", type=int, default=DEFAULT_PAIRS,
                    help=f"also screen pairs of the N best singles, at the same total edit norm (default {DEFAULT_PAIRS}; 0 = singles only)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-new-tokens", type=int, default=40, help="tokens generated per sample (default 40)")
+    p.add_argument("--batch-size", type=int, default=128, help="rows per generate() call")
+    p.add_argument("--model", default=None, help="model spec (default: the SAE's model)")
     p.add_argument("--device", default=None)
     p.add_argument("--json", action="store_true", help="print the screen document on stdout; the table goes to stderr")
     p.set_defaults(func=_cli)
@@ -206,7 +209,8 @@ def _cli(args: argparse.Namespace) -> int:
     if args.top < 0 or args.aligned < 0 or args.top + args.aligned == 0:
         raise UserError("--top and --aligned must be >= 0 and not both 0")
     doc = screen(args.run, emotions, args.sign, args.strength, args.top, args.aligned, args.prompts, args.samples,
-                 args.max_ppl_ratio, args.pairs, seed=args.seed, device=args.device)
+                 args.max_ppl_ratio, args.pairs, seed=args.seed, max_new_tokens=args.max_new_tokens,
+                 batch_size=args.batch_size, model=args.model, device=args.device)
     print(table(doc), file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print_json(doc)

@@ -220,6 +220,9 @@ def _literal_text_everywhere(w: Watch, base: str, hostile_run: Path) -> None:
     pg.goto(f"{base}#/emotion/%3Cimg%20src%3Dx%20onerror%3Dalert(1)%3E")
     pg.wait_for_selector("#emotion-title")
     assert_inert("emosae · emotion")
+    pg.goto(f"{base}#/emotion/%E0%A4%A")  # a broken %-escape: no such page, not "URI malformed"
+    pg.wait_for_selector("text=No such page")
+    assert "malformed" not in pg.text_content("main")
     assert checks >= 12
 
 

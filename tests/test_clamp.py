@@ -791,6 +791,24 @@ def test_screen_refuses_a_pair_strength_unit_before_screening_singles(monkeypatc
     assert calls == []
 
 
+def test_screen_cli_passes_generation_flags(monkeypatch, run):
+    import features.sweep
+    from sae.cli import main
+
+    class Seen(Exception):
+        pass
+
+    def capture(*a, **kw):
+        raise Seen(kw)
+
+    monkeypatch.setattr(features.sweep, "run_sweeps", capture)
+    with pytest.raises(Seen) as seen:
+        main(["screen", str(run), "--emotions", "happy", "--sign", "+", "--pairs", "0", "--max-new-tokens", "7",
+              "--batch-size", "16", "--model", "smollm2-135m"])
+    kw = seen.value.args[0]
+    assert (kw["max_new_tokens"], kw["batch_size"], kw["model"]) == (7, 16, "smollm2-135m")
+
+
 def test_screen_keeps_multi_word_emotions_whole(monkeypatch, run, tmp_path):
     """The paper's list has emotions such as "worn out": a candidate's "emotion" is the whole name
     (it was the first word, "worn"), for labeled, aligned and paired candidates alike."""

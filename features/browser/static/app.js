@@ -149,13 +149,16 @@
       if (hash === "#/" || hash === "#" || hash === "") return viewList();
       if ((m = /^#\/feature\/(\d{1,9})$/.exec(hash))) return viewFeature(parseInt(m[1], 10));
       if (hash === "#/emotions") return viewEmotions(null);
-      if ((m = /^#\/emotion\/(.+)$/.exec(hash))) return viewEmotions(decodeURIComponent(m[1]));
+      if ((m = /^#\/emotion\/(.+)$/.exec(hash)) && decoded(m[1]) !== null) return viewEmotions(decoded(m[1]));
       if (hash === "#/run") return viewRun();
     } catch (err) {
       return showError(err);
     }
     setTitle("not found");
     clear(main()).appendChild(h("p", { class: "error", text: "No such page. " }, h("a", { href: "#/", text: "Back to the feature list" })));
+  }
+  function decoded(part) {  // a broken %-escape is a page that does not exist, not an error
+    try { return decodeURIComponent(part); } catch (e) { return null; }
   }
   function showError(err) {
     clear(main()).appendChild(h("p", { class: "error", text: "Error: " + (err && err.message ? err.message : String(err)) }));
