@@ -31,6 +31,12 @@ def format_prompts(tokenizer, prompts: list[str], chat: bool | None = None) -> t
     return [chat_prompt(tokenizer, p) for p in prompts], True
 
 
+def check_sampling(temperature: float, top_p: float) -> None:
+    """The sampler's settings, checkable before a model loads (a sweep fails in seconds, not minutes)."""
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise UserError(f"temperature must be >= 0 and top_p in (0, 1] (got {temperature}, {top_p})")
+
+
 class SeededSampler:
     """A logits processor that samples each row with its own generator (temperature, top-p; one
     uniform per row and step, inverse CDF in vocabulary order) and returns scores where only the
@@ -44,8 +50,7 @@ class SeededSampler:
     (`reference_choice`, held to it by a test)."""
 
     def __init__(self, seeds: list[int], temperature: float = 1.0, top_p: float = 1.0, top_k: int = 256):
-        if temperature < 0 or not 0 < top_p <= 1:
-            raise UserError(f"temperature must be >= 0 and top_p in (0, 1] (got {temperature}, {top_p})")
+        check_sampling(temperature, top_p)
         self.gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
         self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
 

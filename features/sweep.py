@@ -156,9 +156,10 @@ def run_sweeps(run_dir: str | Path, targets: Sequence[Any], strengths: Sequence 
     (generation is seeded per row, so it would come out the same)."""
     from features.clamp import clamp, load_run
     from features.clamp_cli import load_prompt_file
-    from features.generation import format_prompts, generate, score, tokenize_prompts
+    from features.generation import check_sampling, format_prompts, generate, score, tokenize_prompts
     from labeling.scoring import default_device, load_model_for
 
+    check_sampling(temperature, top_p)
     if samples < 1 or max_new_tokens < 1 or batch_size < 1:
         raise UserError("samples, max_new_tokens and batch_size must be >= 1")
     if control_directions < 1:

@@ -531,6 +531,16 @@ def test_sweep_flags_that_would_change_nothing_are_errors(run, tmp_path, capsys,
     assert not (tmp_path / "sw").exists()
 
 
+def test_sweep_checks_sampling_settings_before_loading(run, monkeypatch):
+    import features.clamp
+    from features.sweep import run_sweeps
+
+    monkeypatch.setattr(features.clamp, "load_run", lambda *a, **kw: pytest.fail("loaded before checking"))
+    for kw in ({"temperature": -1.0}, {"top_p": 0.0}, {"top_p": 1.5}):
+        with pytest.raises(UserError, match="temperature must be >= 0 and top_p"):
+            run_sweeps(run, ["happy"], "0,0.3r", **kw)
+
+
 def test_sweep_refuses_a_target_given_twice(lm, run, tmp_path):
     from features.sweep import run_sweeps
 
