@@ -542,22 +542,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cli(args: argparse.Namespace) -> int:
-    from sae.cli import print_json
+    from sae.cli import flags, print_json, typed
 
     output_dir(args.out)
     # a flag that would change nothing is an error, not silently ignored
-    control_flags = [f for f, v in (("--control-seed", args.control_seed), ("--control-kind", args.control_kind),
-                                    ("--control-directions", args.control_directions)) if v is not None]
+    control_flags = flags(typed(args, "control_seed", "control_kind", "control_directions"))
     if args.control == "none" and control_flags:
         raise UserError(f"{control_flags[0]} sets the random control, which --control none turns off; drop one of them")
     if args.mode is not None and all(Target.parse(t).kind == "vector" for t in args.target):
         raise UserError("--mode applies to feature targets; an emotion vector is always added (drop --mode)")
-    typed = {k: getattr(args, k) for k in ("mode", "control_seed", "control_kind", "control_directions")
-             if getattr(args, k) is not None}  # the rest take run_sweeps's defaults
+    given = typed(args, "mode", "control_seed", "control_kind", "control_directions")  # else run_sweeps's defaults
     results = run_sweeps(args.run, args.target, args.strengths, prompts=args.prompts, samples=args.samples,
                          seed=args.seed, scope=args.scope, max_new_tokens=args.max_new_tokens,
                          temperature=args.temperature, top_p=args.top_p, control=args.control, model=args.model,
-                         device=args.device, out_dir=args.out, batch_size=args.batch_size, **typed)
+                         device=args.device, out_dir=args.out, batch_size=args.batch_size, **given)
     text = table(results)
     if args.json:
         print(text, file=sys.stderr)

@@ -356,21 +356,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cli)
 
 
+# the labeling options (LabelSettings fields) the CLI takes; --eval refuses them (it uses labels.json's)
+SETTING_FLAGS = ("skip_tokens", "reduce", "n_boot", "n_null", "seed")
+
+
 def _cli(args: argparse.Namespace) -> int:
-    from sae.cli import print_json
+    from sae.cli import flags, print_json, typed
 
     if any(v is not None and v < 0 for v in (args.skip_tokens, args.n_boot, args.n_null)):
         raise UserError("--skip-tokens, --n-boot and --n-null must be >= 0")
     if args.eval:
         # --eval scores with the features, skip rule and reduce labels.json was made with; these
         # options only shape a new labeling, so typing them with --eval would be silently ignored
-        typed = [flag for flag, v in (("--corpus", args.corpus), ("--skip-tokens", args.skip_tokens),
-                                      ("--reduce", args.reduce), ("--n-boot", args.n_boot),
-                                      ("--n-null", args.n_null), ("--seed", args.seed)) if v is not None]
-        if typed:
-            raise UserError(f"{', '.join(typed)} cannot be used with --eval, which scores with the settings "
+        given = flags(typed(args, "corpus", *SETTING_FLAGS))
+        if given:
+            raise UserError(f"{', '.join(given)} cannot be used with --eval, which scores with the settings "
                             f"labels.json was made with; drop them, or relabel first (`emosae label {args.run} "
-                            f"{' '.join(typed)} ...`)")
+                            f"{' '.join(given)} ...`)")
         res = eval_file(args.run, args.eval, model=args.model, device=args.device)
         if args.json:
             print_json(res)
@@ -382,9 +384,7 @@ def _cli(args: argparse.Namespace) -> int:
             if res["unknown_emotions"]:
                 print(f"no label for: {', '.join(res['unknown_emotions'])}")
         return 0
-    given = {"skip_tokens": args.skip_tokens, "reduce": args.reduce, "n_boot": args.n_boot, "n_null": args.n_null,
-             "seed": args.seed}
-    settings = LabelSettings(**{k: v for k, v in given.items() if v is not None})
+    settings = LabelSettings(**typed(args, *SETTING_FLAGS))
     summary = label_run(args.run, args.corpus, settings, model=args.model, device=args.device)
     if args.json:
         print_json(summary)

@@ -61,6 +61,17 @@ def join_negative_values(argv: list[str]) -> list[str]:
     return out
 
 
+def typed(args: argparse.Namespace, *dests: str) -> dict[str, Any]:
+    """The options among `dests` the user typed, {dest: value}. Such options default to None, so a
+    flag that cannot apply is refused, not silently ignored, and the rest keep the callee's defaults."""
+    return {d: getattr(args, d) for d in dests if getattr(args, d) is not None}
+
+
+def flags(dests) -> list[str]:
+    """Option names of dests, as typed: skip_tokens -> --skip-tokens."""
+    return ["--" + d.replace("_", "-") for d in dests]
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()

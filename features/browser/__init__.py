@@ -63,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _browse(args: argparse.Namespace) -> int:
-    from sae.cli import print_json
+    from sae.cli import flags, print_json, typed
     from sae.errors import UserError
 
     if args.block_size < 1 or args.max_contexts < 0 or args.samples_per_bin < 0:
@@ -78,7 +78,7 @@ def _browse(args: argparse.Namespace) -> int:
             raise UserError("--export needs a folder name, e.g. --export site")
         if args.model:
             raise UserError("--model needs a server; a static export has no model (drop --model or --export)")
-        given = [flag for flag, v in (("--host", args.host), ("--port", args.port)) if v is not None]
+        given = flags(typed(args, "host", "port"))
         if given:
             raise UserError(f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} for the server, and a static "
                             f"export does not listen (drop {' and '.join(given)} or --export)")
