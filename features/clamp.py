@@ -30,9 +30,11 @@ import torch
 from torch import nn
 
 from features.units import Strength, parse_strength
-from sae.architectures import find_sae_dir, load_sae
+from sae.architectures import load_sae
 from sae.errors import UserError
 from sae.hooks import HookPoint, add_hook, parse_hook
+from sae.io import read_json
+from sae.layout import FINGERPRINT_KEY, check_fingerprint, find_sae_dir, run_root
 
 log = logging.getLogger("emosae")
 
@@ -60,13 +62,17 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> RunAsse
     metrics.json (mean_resid_norm) and vectors/vectors.safetensors exist."""
     from safetensors import safe_open
 
-    sae_dir = find_sae_dir(run_dir)
-    root = sae_dir.parent if sae_dir.name == "sae" else sae_dir
+    sae_dir, root = find_sae_dir(run_dir), run_root(run_dir)
     assets = RunAssets(sae=load_sae(sae_dir, device), path=root)
     if (root / "labels.json").exists():
-        assets.labels = json.loads((root / "labels.json").read_text())
+        assets.labels = read_json(root / "labels.json")
+        check_fingerprint(assets.labels.get(FINGERPRINT_KEY), sae_dir, root / "labels.json",
+                          f"re-run `emosae label {root}`")
     stats = root / "features" / "stats.safetensors"
     if stats.exists():
+        meta = root / "features" / "meta.json"  # max_act of another SAE would scale clamps wrongly
+        check_fingerprint(read_json(meta).get(FINGERPRINT_KEY) if meta.exists() else None, sae_dir, stats,
+                          f"re-run `emosae stats {root}`")
         with safe_open(str(stats), "pt") as f:
             if "max_act" in f.keys():
                 assets.max_act = f.get_tensor("max_act").float()

@@ -24,6 +24,7 @@ from typing import Sequence
 import torch
 
 from sae.errors import UserError
+from sae.layout import run_root
 
 log = logging.getLogger("emosae")
 POSITIONS = ("max", "mean", "last")
@@ -52,13 +53,13 @@ class Monitor:
         from labeling.label import check_labels_fit, chosen_features, read_labels
         from labeling.scoring import DEFAULT_SKIP, load_run
 
-        root = _run_root(run)
+        root = run_root(run)
         labels = read_labels(root)
         features = chosen_features(labels)
         if not features:
             raise UserError(f"{root}/labels.json ranks no feature for any emotion; re-run `emosae label {root}`")
+        check_labels_fit(labels, root)
         lm, sae, hook, outlier_mult = load_run(run, model, device, lm)
-        check_labels_fit(labels, sae.cfg.d_sae, root)
         vectors: dict[str, torch.Tensor] = {}
         try:
             names, mat, _ = vectors_for_hook(root, hook)
@@ -202,13 +203,6 @@ def chat_text(tokenizer, messages: list[dict]) -> str:
         return tokenizer.apply_chat_template(messages, tokenize=False,
                                              add_generation_prompt=messages[-1]["role"] == "user")
     return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
-
-
-def _run_root(run: str | Path) -> Path:
-    from sae.architectures import find_sae_dir
-
-    d = find_sae_dir(run)
-    return d.parent if d.name == "sae" else d
 
 
 def register(sub: argparse._SubParsersAction) -> None:

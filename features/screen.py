@@ -93,10 +93,10 @@ def screen(run_dir: str | Path, emotions: Sequence[str], sign: int, strength: st
     {"emotions", "sign", "strength", "candidates": [{feature (int, or [a, b] for a pair), why,
     emotion, strength, delta, ppl_ratio, ...}], "pick": feature | [a, b] | None, "pick_strength",
     "settings"}."""
-    from features.monitor import _run_root as run_root
     from features.sweep import run_sweeps
     from features.units import parse_strength
     from labeling.label import read_labels
+    from sae.layout import run_root
 
     if sign not in (1, -1):
         raise UserError(f"sign must be + or -, not {sign!r}")

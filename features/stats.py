@@ -37,6 +37,7 @@ from safetensors.torch import save_file
 
 from sae.errors import UserError
 from sae.io import atomic_path, output_dir, write_json_atomic
+from sae.layout import FINGERPRINT_KEY, find_sae_dir, run_root, sae_fingerprint
 
 log = logging.getLogger("emosae")
 
@@ -525,7 +526,7 @@ def compute_stats(run_dir: str | Path, cache_dir: str | Path | None = None, data
 
         rows = load_corpus(corpus)
         pt = passage_tokens(lm, [r["text"] for r in rows], hook, outlier_mult,
-                            cache_dir=Path(run_dir) / "labeling")
+                            cache_dir=run_root(run_dir) / "labeling")
         chunks = chunks_from_passages(pt, limit, tokens)
         source = {"kind": "corpus", "path": str(corpus) if corpus else "shipped", "n_passages": len(rows)}
         total = min(tokens or pt.acts.shape[0], pt.acts.shape[0])
@@ -536,11 +537,11 @@ def compute_stats(run_dir: str | Path, cache_dir: str | Path | None = None, data
     tensors.update(logit_effects(sae, lm.model, cfg.n_logits))
     tensors.update(decoder_neighbors(sae.W_dec.detach(), cfg.n_neighbors))
     vocab = vocab_strings(lm.tokenizer, lm.model.get_output_embeddings().weight.shape[0])
-    out = Path(out_dir) if out_dir is not None else Path(run_dir) / "features"
+    out = Path(out_dir) if out_dir is not None else run_root(run_dir) / "features"
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "stats.safetensors") as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-    meta = {"corpus": source, "n_tokens": fs.n_tokens, "window": cfg.window, "k": cfg.k,
+    meta = {FINGERPRINT_KEY: sae_fingerprint(find_sae_dir(run_dir)), "corpus": source, "n_tokens": fs.n_tokens, "window": cfg.window, "k": cfg.k,
             "quantile_bins": cfg.quantile_bins, "samples_per_bin": cfg.samples_per_bin,
             "method": {"quantiles": QUANTILE_METHOD, "histogram": HIST_METHOD,
                        "logits": "decoder row -> final norm (minus norm(0)) -> unembedding",

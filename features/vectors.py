@@ -475,13 +475,13 @@ def alignment_report(result: VectorResult, sae, hook: str, run_dir: str | Path, 
     over kept tokens, the run's cached forward), plus a held-out summary (with bootstrap CIs) of
     the best-aligned feature per emotion."""
     from labeling.aurocs import auroc, emotion_aurocs, split_masks
-    from labeling.label import LABELS, LabelSettings, corpus_rows, score_rows
+    from labeling.label import LabelSettings, corpus_rows, labels_path, score_rows
     from labeling.scoring import DEFAULT_SKIP
 
     vals, ids = aligned_features(result.vectors[hook], sae.W_dec.detach().cpu(), top)
     st = {}
-    if (Path(run_dir) / LABELS).exists():
-        st = (json.loads((Path(run_dir) / LABELS).read_text()) or {}).get("settings") or {}
+    if labels_path(run_dir).exists():
+        st = (json.loads(labels_path(run_dir).read_text()) or {}).get("settings") or {}
     settings = LabelSettings(skip_tokens=int(st.get("skip_tokens", DEFAULT_SKIP)), reduce=st.get("reduce", "max"))
     rows = corpus_rows(corpus)
     scores, _ = score_rows(run_dir, rows, settings, lm)
@@ -517,14 +517,18 @@ def alignment_report(result: VectorResult, sae, hook: str, run_dir: str | Path, 
 
 def merge_into_labels(run_dir: str | Path, aligned: dict, summary: dict) -> Path:
     """Read-modify-write RUN/labels.json: set "aligned" (and "aligned_summary"), keep the rest."""
+    from labeling.label import labels_path
+    from sae.layout import FINGERPRINT_KEY, find_sae_dir, sae_fingerprint
 
-    path = Path(run_dir) / "labels.json"
-    labels = {}
+    path = labels_path(run_dir)
+    labels = {FINGERPRINT_KEY: sae_fingerprint(find_sae_dir(run_dir))}  # a new file: the alignments' SAE
     if path.exists():
         try:
             labels = json.loads(path.read_text())
         except json.JSONDecodeError:
             raise UserError(f"{path} is not valid JSON; re-run `emosae label {run_dir}` before adding alignments") from None
+        if not isinstance(labels, dict):
+            raise UserError(f"{path} is not a JSON object; re-run `emosae label {run_dir}` before adding alignments")
     labels["aligned"] = aligned
     labels["aligned_summary"] = summary
     write_json_atomic(path, labels)
@@ -550,21 +554,25 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _cli(args: argparse.Namespace) -> int:
+    from labeling.label import check_labels_fit, labels_path, read_labels
     from labeling.scoring import default_device, load_run
     from sae.cli import print_json
     from sae.hooks import n_layers
+    from sae.layout import run_root
     from sae.models import EMBEDDED_SPEC, load_model
 
     torch.set_flush_denormal(True)
     output_dir(args.out)
     if args.top < 1:
         raise UserError(f"--top must be >= 1 (aligned features kept per emotion), not {args.top}")
-    sae = hook = run_root = None
+    sae = hook = root = None
     outlier_mult = None
     if args.run:
+        root = run_root(args.run)
+        if labels_path(root).exists():  # before minutes of work: the alignments go into it
+            check_labels_fit(read_labels(root), root)
         lm, sae, hook, outlier_mult = load_run(args.run, model=args.model, device=args.device)
-        run_root = _run_root(args.run)
-        out = Path(args.out) if args.out else run_root / "vectors"
+        out = Path(args.out) if args.out else root / "vectors"
     else:
         if not args.out:
             raise UserError("give --out DIR for the vectors (or --run RUN to write RUN/vectors)")
@@ -576,12 +584,12 @@ def _cli(args: argparse.Namespace) -> int:
         layers = parse_layers(args.layers, n_layers(lm.model))
     result = compute_vectors(lm, layers, args.corpus, args.skip_tokens, args.variance, outlier_mult,
                              args.batch_tokens, cached_hooks=[hook] if hook else (),
-                             cache_dir=run_root / "labeling" if run_root else None)
+                             cache_dir=root / "labeling" if root else None)
     result.save(out)
     doc = {"out": str(out), **result.info()}
     if sae is not None:
-        report = alignment_report(result, sae, hook, run_root, lm, args.corpus, args.top)
-        labels = merge_into_labels(run_root, report["aligned"], report["summary"])
+        report = alignment_report(result, sae, hook, root, lm, args.corpus, args.top)
+        labels = merge_into_labels(root, report["aligned"], report["summary"])
         doc["aligned_summary"] = report["summary"]
         doc["labels"] = str(labels)
     _log_summary(result, doc.get("aligned_summary"))
@@ -590,13 +598,6 @@ def _cli(args: argparse.Namespace) -> int:
     else:
         _print_table(result, doc)
     return 0
-
-
-def _run_root(run: str | Path) -> Path:
-    from sae.architectures import find_sae_dir
-
-    d = find_sae_dir(run)
-    return d.parent if d.name == "sae" else d
 
 
 def _fmt(x: float | None) -> str:

@@ -25,6 +25,7 @@ from safetensors import safe_open
 
 from sae.errors import UserError
 from sae.io import read_json, write_json_atomic
+from sae.layout import FINGERPRINT_KEY, check_fingerprint, find_sae_dir, run_root
 
 log = logging.getLogger("emosae")
 
@@ -84,16 +85,21 @@ def window_text(vocab: list[str], tokens, acts=None, mark: bool = False, special
 
 
 def _load_stats(run_dir: Path) -> tuple[dict, list[str]]:
-    path = run_dir / "features" / "stats.safetensors"
+    """The contexts and vocabulary of RUN/features, checked to be this SAE's."""
     if not Path(run_dir).exists():
         raise UserError(f"run directory {run_dir} does not exist; give a run made by `emosae train`")
+    sae_dir, root = find_sae_dir(run_dir), run_root(run_dir)
+    path = root / "features" / "stats.safetensors"
     if not path.exists():
-        raise UserError(f"no feature statistics in {run_dir}/features; run `emosae stats {run_dir}` first")
+        raise UserError(f"no feature statistics in {root}/features; run `emosae stats {root}` first")
+    meta = root / "features" / "meta.json"
+    check_fingerprint(read_json(meta).get(FINGERPRINT_KEY) if meta.exists() else None, sae_dir, path,
+                      f"re-run `emosae stats {root}`")
     keys = ("top_tokens", "top_token_acts", "top_acts", "top_index", "quantile_tokens", "quantile_acts",
             "quantile_index", "max_act")
     with safe_open(str(path), "pt") as f:
         stats = {k: f.get_tensor(k) for k in keys}
-    return stats, read_json(run_dir / "features" / "vocab.json")
+    return stats, read_json(root / "features" / "vocab.json")
 
 
 # every feature's entry carries all fields of docs/formats.md; null where a score could not be made
@@ -144,8 +150,8 @@ def explain_features(run_dir: str | Path, explainer: str, features: list[int] | 
     from sae.generation import chat_prompt, generate
     from sae.models import EMBEDDED_ALIASES, EMBEDDED_ID, load_model
 
-    run_dir = Path(run_dir)
-    stats, vocab = _load_stats(run_dir)
+    stats, vocab = _load_stats(Path(run_dir))
+    run_dir = run_root(run_dir)
     lm, sae, hook, _ = load_run(run_dir, device=device, lm=lm)
     if explainer_lm is None:
         same = explainer in (lm.model_id, lm.path) or (explainer.lower() in EMBEDDED_ALIASES and lm.model_id == EMBEDDED_ID)
@@ -158,7 +164,10 @@ def explain_features(run_dir: str | Path, explainer: str, features: list[int] | 
         labels_path = run_dir / "labels.json"
         ranked = []
         if labels_path.exists():
-            feats = read_json(labels_path).get("features", {})
+            doc = read_json(labels_path)
+            check_fingerprint(doc.get(FINGERPRINT_KEY), find_sae_dir(run_dir), labels_path,
+                              f"re-run `emosae label {run_dir}`")
+            feats = doc.get("features", {})
             ranked = [int(i) for i, v in sorted(feats.items(), key=lambda kv: -(kv[1].get("auroc") or 0))
                       if v.get("label") and int(i) in set(live)]
         features = (ranked or sorted(live, key=lambda i: -float(stats["max_act"][i])))[:n_features]

@@ -276,7 +276,7 @@ def _pick_key(src: Path, tensors: dict, info: dict, layer: int | None) -> str:
         if key not in tensors:
             raise UserError(f"no vectors at layer {layer} in {src} (have {sorted(tensors)})")
         return key
-    from sae.architectures import CFG_FILE
+    from sae.layout import CFG_FILE
 
     for cand in (src / "sae" / CFG_FILE, src / CFG_FILE):
         if cand.exists():  # a run: the SAE's own hook

@@ -33,6 +33,7 @@ from labeling.corpus import NEUTRAL, load_corpus, topics
 from labeling.scoring import DEFAULT_SKIP, load_run, passage_tokens, reduce_tokens, texts_hash
 from sae.errors import UserError
 from sae.io import read_json, write_json_atomic
+from sae.layout import CFG_FILE, FINGERPRINT_KEY, check_fingerprint, find_sae_dir, run_root, sae_fingerprint
 
 log = logging.getLogger("emosae")
 LABELS = "labels.json"
@@ -61,7 +62,7 @@ def score_rows(run_dir: str | Path, rows: list[dict], settings: LabelSettings, l
                device: str | None = None):
     """(passage scores [n, d_sae] float32, context) for `rows`, one cached forward."""
     lm, sae, hook, outlier_mult = load_run(run_dir, model, device, lm)
-    pt = passage_tokens(lm, [r["text"] for r in rows], hook, outlier_mult, cache_dir=Path(run_dir) / "labeling")
+    pt = passage_tokens(lm, [r["text"] for r in rows], hook, outlier_mult, cache_dir=run_root(run_dir) / "labeling")
     scores = reduce_tokens(pt, sae, settings.skip_tokens, settings.reduce).numpy()
     return scores, {"lm": lm, "sae": sae, "hook": hook, "outlier_mult": outlier_mult}
 
@@ -231,12 +232,16 @@ def label_run(run_dir: str | Path, corpus: str | Path | None = None, settings: L
                     "label_rule": "best emotion's train AUROC > null p95 of best-of-all-features AUROC",
                     "negatives": "all other rows incl. neutral, minus the emotion's cluster mates",
                     "model_id": ctx["lm"].model_id, "d_sae": d}
-    out_path = Path(run_dir) / LABELS
-    doc = read_json(out_path) if out_path.exists() else {}
-    if not isinstance(doc, dict):
-        doc = {}
-    doc.update({"corpus": corpus_info, "settings": settings_out, "features": features_out,
-                "emotions": emotions_out, "null": null, "heldout": heldout})
+    out_path = labels_path(run_dir)
+    fingerprint = sae_fingerprint(find_sae_dir(run_dir))
+    try:
+        doc = read_json(out_path) if out_path.exists() else {}
+    except UserError:
+        doc = {}  # damaged: this run rewrites all of it but the alignments (`emosae vectors --run`)
+    if not isinstance(doc, dict) or doc.get(FINGERPRINT_KEY, fingerprint) != fingerprint:
+        doc = {}  # made from other weights: its alignments name other features too
+    doc.update({FINGERPRINT_KEY: fingerprint, "corpus": corpus_info, "settings": settings_out,
+                "features": features_out, "emotions": emotions_out, "null": null, "heldout": heldout})
     doc.setdefault("aligned", {})
     write_json_atomic(out_path, doc, indent=None)
     n_labeled = sum(v["label"] is not None for v in features_out.values())
@@ -251,8 +256,13 @@ def label_run(run_dir: str | Path, corpus: str | Path | None = None, settings: L
     return summary
 
 
+def labels_path(run_dir: str | Path) -> Path:
+    """RUN/labels.json, also when given RUN/sae (sae.layout.run_root)."""
+    return run_root(run_dir) / LABELS
+
+
 def read_labels(run_dir: str | Path) -> dict:
-    path = Path(run_dir) / LABELS
+    path = labels_path(run_dir)
     if not path.exists():
         raise UserError(f"no {LABELS} in {run_dir}; run `emosae label {run_dir}` first")
     return read_json(path)
@@ -263,15 +273,20 @@ def chosen_features(labels_doc: dict) -> dict[str, int]:
     return {e: int(v[0]["feature"]) for e, v in (labels_doc.get("emotions") or {}).items() if v}
 
 
-def check_labels_fit(doc: dict, d_sae: int, run_dir: str | Path) -> None:
+def check_labels_fit(doc: dict, run_dir: str | Path) -> None:
     """labels.json must belong to this SAE: a labels file from another SAE (copied, or the run
-    retrained) would index past its features (a traceback) or, worse, read the wrong ones."""
+    retrained) would index past its features (a traceback) or, worse, read the wrong ones. The
+    weights' fingerprint catches an SAE of the same width too. Reads files only, so it runs before
+    the model loads."""
+    sae_dir = find_sae_dir(run_dir)
+    d_sae = int(read_json(sae_dir / CFG_FILE)["d_sae"])
     made_for = (doc.get("settings") or {}).get("d_sae")
     too_big = [f for f in chosen_features(doc).values() if not 0 <= f < d_sae]
+    fix = f"re-run `emosae label {run_dir}`"
     if (made_for is not None and made_for != d_sae) or too_big:
         what = f"an SAE with {made_for} features" if made_for is not None else f"feature {too_big[0]}"
-        raise UserError(f"{Path(run_dir) / LABELS} was made for {what}, but this SAE has {d_sae}; "
-                        f"re-run `emosae label {run_dir}`")
+        raise UserError(f"{labels_path(run_dir)} was made for {what}, but this SAE has {d_sae}; {fix}")
+    check_fingerprint(doc.get(FINGERPRINT_KEY), sae_dir, labels_path(run_dir), fix)
 
 
 def eval_file(run_dir: str | Path, path: str | Path, lm=None, model: str | None = None,
@@ -285,7 +300,8 @@ def eval_file(run_dir: str | Path, path: str | Path, lm=None, model: str | None 
     doc = read_labels(run_dir)
     chosen = chosen_features(doc)
     if not chosen:
-        raise UserError(f"{Path(run_dir) / LABELS} holds no emotion labels; run `emosae label {run_dir}` first")
+        raise UserError(f"{labels_path(run_dir)} holds no emotion labels; run `emosae label {run_dir}` first")
+    check_labels_fit(doc, run_dir)
     st = doc.get("settings") or {}
     settings = LabelSettings(skip_tokens=int(st.get("skip_tokens", DEFAULT_SKIP)), reduce=st.get("reduce", "max"))
     rows = load_corpus(path)
@@ -301,7 +317,6 @@ def eval_file(run_dir: str | Path, path: str | Path, lm=None, model: str | None 
     per: dict[str, dict] = {}
     if known:
         scores, _ = score_rows(run_dir, rows, settings, lm, model, device)
-        check_labels_fit(doc, scores.shape[1], run_dir)
         for e in known:
             pos, neg, _ = split_masks(labels, e)
             f = chosen[e]
@@ -319,7 +334,7 @@ def score_choice(run_dir: str | Path, choice: dict[str, int], split: str = "held
     aligned with the emotion vectors, scored exactly like the labels."""
     from labeling.aurocs import emotion_aurocs
 
-    doc = read_labels(run_dir) if (Path(run_dir) / LABELS).exists() else {}
+    doc = read_labels(run_dir) if labels_path(run_dir).exists() else {}
     st = doc.get("settings") or {}
     settings = LabelSettings(skip_tokens=int(st.get("skip_tokens", DEFAULT_SKIP)), reduce=st.get("reduce", "max"))
     rows = corpus_rows(corpus)

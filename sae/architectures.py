@@ -18,9 +18,9 @@ from torch import nn
 
 from sae.errors import UserError
 from sae.io import atomic_path, write_json_atomic
+from sae.layout import CFG_FILE, WEIGHTS_FILE, find_sae_dir
 
 ARCHITECTURES = ("topk", "batchtopk", "jumprelu", "standard")
-CFG_FILE, WEIGHTS_FILE = "cfg.json", "sae_weights.safetensors"
 
 
 @dataclass
@@ -183,17 +183,6 @@ def _saelens_version() -> str:
         return version("sae-lens")
     except PackageNotFoundError:
         return "6.0.0"
-
-
-def find_sae_dir(path: str | Path) -> Path:
-    """RUN, RUN/sae or any directory holding cfg.json + sae_weights.safetensors."""
-    p = Path(path).expanduser()
-    for cand in (p, p / "sae"):
-        if (cand / CFG_FILE).exists() and (cand / WEIGHTS_FILE).exists():
-            return cand
-    if not p.exists():
-        raise UserError(f"{path} does not exist; give a run directory or an SAE directory")
-    raise UserError(f"no SAE in {path} (expected {CFG_FILE} and {WEIGHTS_FILE} there or in {path}/sae)")
 
 
 def load_sae(path: str | Path, device: str | torch.device = "cpu") -> SparseAutoencoder:

@@ -89,6 +89,8 @@ class ActivationCache:
     @classmethod
     def open(cls, directory: str | Path) -> "ActivationCache":
         d = Path(directory)
+        if not (d / MANIFEST).exists() and (d / "train" / MANIFEST).exists():
+            d = d / "train"  # a training run's data.cache: its training activations (docs/formats.md)
         if not (d / MANIFEST).exists():
             raise UserError(f"no activation cache in {d} (no {MANIFEST}); harvest it first")
         m = read_json(d / MANIFEST)

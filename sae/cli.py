@@ -24,8 +24,17 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the project's error form: a bad option is one line on stderr and exit code 2,
+    like every other user error, not argparse's usage block first (`--help` still shows it).
+    Subparsers inherit the class, so every verb gets it."""
+
+    def error(self, message: str):  # noqa: D102 (argparse's hook)
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="emosae", description="Find, label, browse and clamp emotion features with SAEs.")
+    parser = Parser(prog="emosae", description="Find, label, browse and clamp emotion features with SAEs.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     register_modules(sub, VERB_MODULES)

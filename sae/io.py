@@ -59,7 +59,11 @@ def output_dir(path: str | os.PathLike | None, flag: str = "--out") -> Path | No
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    """A JSON file a stage wrote; a damaged one is a UserError naming it (JSONDecodeError is a ValueError)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise UserError(f"{path} is not valid JSON ({e}); re-create it with the stage that writes it") from None
 
 
 def iter_jsonl(path: str | os.PathLike, required: tuple[str, ...] = ("text",), hint: str = "") -> Iterator[dict]:

@@ -215,6 +215,8 @@ def _literal_text_everywhere(w: Watch, base: str, hostile_run: Path) -> None:
     pg.goto(f"{base}#/run")
     pg.wait_for_selector("#config")
     assert HOSTILE[1] in pg.text_content("main") and HOSTILE[0] in pg.text_content("#config")
+    assert "__proto__ is a key" in pg.text_content("main")  # a key named __proto__ is shown, not dropped
+    assert pg.evaluate("({}).polluted") is None
     assert_inert("emosae · run")
     # a hostile route is just "not found"
     pg.goto(f"{base}#/emotion/%3Cimg%20src%3Dx%20onerror%3Dalert(1)%3E")

@@ -252,15 +252,28 @@ def test_no_bootstrap_gives_no_intervals(labeled, lm, tmp_path):
     assert out["heldout"]["per_emotion"]["happy"]["auroc"] == summary["heldout"]["per_emotion"]["happy"]["auroc"]
 
 
+def _labeled_stub(tmp_path, labels: dict, d_sae: int = 16):
+    """A run with an untrained SAE at HOOK and a hand-written labels.json: what `--eval` reads."""
+    from sae.architectures import SAEConfig, SparseAutoencoder
+    from sae.io import write_json_atomic
+    from sae.models import EMBEDDED_ID
+
+    run = tmp_path / "run"
+    model = SparseAutoencoder(SAEConfig(arch="topk", d_in=576, d_sae=d_sae, k=4, hook_name=HOOK,
+                                        metadata={"model_id": EMBEDDED_ID}))
+    model.init_weights(torch.Generator().manual_seed(0))
+    model.save(run / "sae")
+    write_json_atomic(run / "labels.json", labels)
+    return run
+
+
 def test_eval_refuses_labeling_options(tmp_path, capsys):
     """`--eval` scores with the settings labels.json was made with: a labeling option typed with it
     (here --reduce, --corpus, --seed) would be silently ignored, so it is a one-line error."""
     from sae.cli import main
-    from sae.io import write_json_atomic
 
-    run = tmp_path / "run"
-    write_json_atomic(run / "labels.json", {"settings": {"skip_tokens": 4, "reduce": "mean"},
-                                            "emotions": {"happy": [{"feature": 3, "auroc": 0.9}]}})
+    run = _labeled_stub(tmp_path, {"settings": {"skip_tokens": 4, "reduce": "mean"},
+                                   "emotions": {"happy": [{"feature": 3, "auroc": 0.9}]}})
     path = tmp_path / "eval.jsonl"  # only emotions the run lacks: nothing to score, no model needed
     path.write_text(json.dumps({"text": "The zebra painted a mural.", "emotion": "zany"}) + "\n")
     assert main(["label", str(run), "--eval", str(path), "--json"]) == 0
@@ -344,11 +357,9 @@ def test_eval_file_rows_checked(tmp_path, capsys):
     """A text or emotion that is not a non-empty string is a one-line error naming the record,
     before any model loads (a number reached the tokenizer as a traceback)."""
     from sae.cli import main
-    from sae.io import write_json_atomic
 
-    run = tmp_path / "run"
-    write_json_atomic(run / "labels.json", {"settings": {"skip_tokens": 4, "reduce": "mean"},
-                                            "emotions": {"happy": [{"feature": 3, "auroc": 0.9}]}})
+    run = _labeled_stub(tmp_path, {"settings": {"skip_tokens": 4, "reduce": "mean"},
+                                   "emotions": {"happy": [{"feature": 3, "auroc": 0.9}]}})
     path = tmp_path / "eval.jsonl"
     ok = {"text": "She grinned at the letter.", "emotion": "happy"}
     for bad, key in (({"text": 5, "emotion": "sad"}, "'text'"), ({"text": " ", "emotion": "sad"}, "'text'"),
@@ -362,18 +373,10 @@ def test_eval_file_rows_checked(tmp_path, capsys):
 def test_eval_labels_of_another_sae(lm, tmp_path):
     """`--eval` with a labels.json whose chosen feature lies past this SAE's d_sae is a UserError."""
     from labeling.label import eval_file
-    from sae.architectures import SAEConfig, SparseAutoencoder
     from sae.errors import UserError
-    from sae.io import write_json_atomic
-    from sae.models import EMBEDDED_ID
 
-    run = tmp_path / "run"
-    model = SparseAutoencoder(SAEConfig(arch="topk", d_in=576, d_sae=16, k=4, hook_name=HOOK,
-                                        metadata={"model_id": EMBEDDED_ID}))
-    model.init_weights(torch.Generator().manual_seed(0))
-    model.save(run / "sae")
-    write_json_atomic(run / "labels.json", {"settings": {"skip_tokens": 1, "reduce": "mean"},
-                                            "emotions": {"happy": [{"feature": 40, "auroc": 0.9}]}})
+    run = _labeled_stub(tmp_path, {"settings": {"skip_tokens": 1, "reduce": "mean"},
+                                   "emotions": {"happy": [{"feature": 40, "auroc": 0.9}]}})
     path = tmp_path / "eval.jsonl"
     path.write_text(json.dumps({"text": "She grinned at the letter all morning.", "emotion": "happy"}) + "\n"
                     + json.dumps({"text": "He fixed the fence by the road.", "emotion": "neutral"}) + "\n")
@@ -386,3 +389,41 @@ def test_explain_cli_features_naming_nothing(tmp_path, capsys):
 
     assert main(["explain", str(tmp_path), "--explainer", "smollm2-135m", "--features", ","]) == 2
     assert "names no feature" in capsys.readouterr().err
+
+
+def test_labels_follow_the_sae_they_were_made_from(labeled, lm, tmp_path):
+    """labels.json records the weights' fingerprint: a same-width SAE retrained into the run (which
+    d_sae cannot tell apart) is refused by every reader, and relabeling through RUN/sae rewrites
+    RUN/labels.json, dropping the old SAE's alignments."""
+    import shutil
+
+    from features.browser.rundata import load_run as browse_run
+    from features.clamp import load_run as clamp_run
+    from labeling.label import LabelSettings, eval_file, label_run
+    from sae.architectures import load_sae
+    from sae.errors import UserError
+    from sae.layout import sae_fingerprint
+
+    run, corpus, summary, rows = labeled
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    doc = json.loads((copy / "labels.json").read_text())
+    assert doc["sae_fingerprint"] == sae_fingerprint(copy / "sae")
+    doc["aligned"] = {"happy": [{"feature": 3, "cos": 0.5}]}
+    (copy / "labels.json").write_text(json.dumps(doc))
+    path = tmp_path / "eval.jsonl"
+    path.write_text("".join(json.dumps({"text": r["text"], "emotion": r["emotion"]}) + "\n" for r in rows[:12]))
+    eval_file(copy, path, lm=lm)  # the SAE it was made from: fine
+    assert clamp_run(copy).labels["aligned"]
+    retrained = load_sae(copy)
+    with torch.no_grad():
+        retrained.W_dec.mul_(-1)
+    retrained.save(copy / "sae")  # same width, other weights
+    for read in (lambda: eval_file(copy, path, lm=lm), lambda: clamp_run(copy / "sae"), lambda: browse_run(copy)):
+        with pytest.raises(UserError, match=r"made from another SAE .*re-run `emosae label"):
+            read()
+    label_run(copy / "sae", corpus, LabelSettings(n_boot=0, n_null=0), lm=lm)
+    assert not (copy / "sae" / "labels.json").exists()
+    doc = json.loads((copy / "labels.json").read_text())
+    assert doc["sae_fingerprint"] == sae_fingerprint(copy / "sae") and doc["aligned"] == {}
+    assert eval_file(copy / "sae", path, lm=lm)["per_emotion"]

@@ -73,11 +73,17 @@ def test_cli_errors_are_one_line_exit_2(tmp_path):
               (["harvest", "--dataset", str(bad), "--out", str(mine / "keep.txt")], "is a file"),
               (["stats", str(mine), "--cache", str(mine), "--corpus", str(bad)], "not both"),
               (["stats", str(mine), "--tokens", "100"], "drop --tokens")]
-    for argv, needle in cases:
+    # a malformed option is one line too (not argparse's usage block), pointing at --help
+    options = [(["screen", str(mine), "--emotions", "sad", "--sign", "x"], "--sign must be + or -"),
+               (["clamp", str(mine), "--scope", "everything"], "invalid choice: 'everything'"),
+               (["label"], "the following arguments are required: run")]
+    for argv, needle in cases + options:
         r = subprocess.run([sys.executable, "-m", "sae.cli", *argv], capture_output=True, text=True)
         assert r.returncode == 2, (argv, r.stderr)
         assert needle in r.stderr and "Traceback" not in r.stderr
         assert len([line for line in r.stderr.splitlines() if "error" in line]) == 1
+        if (argv, needle) in options:
+            assert r.stderr.count("\n") == 1 and f"see `emosae {argv[0]} --help`" in r.stderr, r.stderr
     assert not (tmp_path / "c").exists()  # nothing half-written
     assert [p.name for p in mine.iterdir()] == ["keep.txt"] and (mine / "keep.txt").read_text() == "precious"
 

@@ -158,9 +158,13 @@ def test_compute_stats_on_corpus_and_cache(tmp_path, lm):
     from features.stats import compute_stats
     from sae.harvest_cli import harvest_to_cache
 
+    from sae.layout import sae_fingerprint
+
     run = make_run(tmp_path)
     path, pick = _small_corpus(tmp_path)
-    s = compute_stats(run, corpus=path, lm=lm, cfg=StatsConfig(k=4, window=3, quantile_bins=2, samples_per_bin=2))
+    # given RUN/sae, the statistics still go to RUN/features, where every other verb reads them
+    s = compute_stats(run / "sae", corpus=path, lm=lm, cfg=StatsConfig(k=4, window=3, quantile_bins=2, samples_per_bin=2))
+    assert not (run / "sae" / "features").exists() and not (run / "sae" / "labeling").exists()
     assert s["n_tokens"] > 300
     t = load_file(str(run / "features" / "stats.safetensors"))
     d = 64
@@ -173,6 +177,7 @@ def test_compute_stats_on_corpus_and_cache(tmp_path, lm):
     vocab = json.loads((run / "features" / "vocab.json").read_text())
     meta = json.loads((run / "features" / "meta.json").read_text())
     assert len(vocab) >= 49152 and meta["k"] == 4 and meta["window"] == 3 and "quantiles" in meta["method"]
+    assert meta["sae_fingerprint"] == sae_fingerprint(run / "sae")
     # the centre token of a top context is the token at that flat index, and its act the top act
     live = (t["top_index"][:, 0] >= 0).nonzero().squeeze(1)
     assert len(live) > 0
@@ -197,6 +202,13 @@ def test_compute_stats_on_corpus_and_cache(tmp_path, lm):
     assert s2["source"]["kind"] == "cache" and s2["n_tokens"] > 200
     assert (t2["max_act"] > 0).any()
     assert (t2["top_doc"][t2["top_index"] >= 0] >= 0).all()
+    # a training run's data.cache (train/ + heldout) opens as its train/ cache, so `--cache` takes either
+    import shutil
+
+    from sae.cache import ActivationCache
+
+    shutil.copytree(cache, tmp_path / "run_cache" / "train")
+    assert ActivationCache.open(tmp_path / "run_cache").directory == tmp_path / "run_cache" / "train"
 
 
 def test_stats_cli_errors(tmp_path, capsys):

@@ -41,9 +41,11 @@ def js_register(kind: str, key: Any, obj: Any, parse: bool = False) -> bytes:
     """One data file: a call to the page's registration function, UTF-8 encoded. Lone
     surrogates (from broken token bytes) become `\\udcxx` escapes, which JS reads back.
     `parse=True` wraps the data as JSON.parse("..."), which V8 reads faster than an object
-    literal when it is large (the feature list); the string is escaped the same way."""
+    literal when it is large (the feature list); the string is escaped the same way. Data with a
+    `__proto__` key is always parsed: in an object literal that key sets the prototype instead of
+    making a property, so the page would silently lose it."""
     data = js_literal(obj)
-    if parse:
+    if parse or "__proto__" in data:
         data = f"JSON.parse({js_literal(data)})"
     text = f"EMOSAE_register({js_literal(kind)},{js_literal(key)},{data});\n"
     return text.encode("utf-8", errors="backslashreplace")

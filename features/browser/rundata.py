@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from sae.errors import UserError
+from sae.layout import CFG_FILE, FINGERPRINT_KEY, WEIGHTS_FILE, check_fingerprint, run_root
 
 log = logging.getLogger("emosae")
 
@@ -173,11 +174,10 @@ def load_run(run_dir: str | Path) -> RunData:
     d = Path(run_dir).expanduser()
     if not d.is_dir():
         raise UserError(f"run directory {run_dir} does not exist; give a run directory (RUN) written by `emosae train`")
-    # RUN, RUN/sae or a bare SAELens SAE directory (cfg.json + weights, with the stats and labels
-    # that `emosae stats/label DIR` write beside them), as the other verbs accept (features.clamp)
-    sae_dir = next((c for c in (d, d / "sae") if (c / "cfg.json").is_file()), None)
-    if sae_dir == d and d.name == "sae" and not ((d / "labels.json").exists() or (d / STATS_FILE).exists()):
-        d = d.parent  # RUN/sae: the run's files are one level up
+    # RUN, RUN/sae or a bare SAELens SAE directory, resolved as every verb does (sae.layout.run_root)
+    sae_dir = next((c for c in (d, d / "sae") if (c / CFG_FILE).is_file() and (c / WEIGHTS_FILE).is_file()), None)
+    if sae_dir is not None:
+        d = run_root(d)
     if (d / "index.json").exists() and not (d / "sae").exists():
         idx = _read_json(d / "index.json", "index")
         names = [str(s.get("name")) for s in idx.get("saes", []) if isinstance(s, dict)]
@@ -191,6 +191,8 @@ def load_run(run_dir: str | Path) -> RunData:
                  and not isinstance(run.labels[k], dict)]
         if wrong:  # docs/formats.md: each is an object keyed by feature id or emotion
             raise UserError(f"{d / 'labels.json'}: \"{wrong[0]}\" is not a JSON object; re-run `emosae label`")
+        if sae_dir is not None:
+            check_fingerprint(run.labels.get(FINGERPRINT_KEY), sae_dir, d / "labels.json", f"re-run `emosae label {d}`")
     for name in ("metrics.json",):
         if (d / name).exists():
             run.metrics = _read_json(d / name, "metrics")
@@ -201,7 +203,7 @@ def load_run(run_dir: str | Path) -> RunData:
     if (d / "vectors" / "vectors.json").exists():
         run.vectors_info = _read_json(d / "vectors" / "vectors.json", "vectors info")
     if sae_dir is not None:
-        run.sae_cfg = _read_json(sae_dir / "cfg.json", "SAE config")
+        run.sae_cfg = _read_json(sae_dir / CFG_FILE, "SAE config")
     for site_name, rel in (("curves.png", "curves.png"), ("emotion_map.png", "emotion_map.png")):
         if (d / rel).is_file():
             run.images[site_name] = d / rel
@@ -222,6 +224,8 @@ def load_run(run_dir: str | Path) -> RunData:
         run.d_sae = int(run.max_act.shape[0])
         if (d / "features" / "meta.json").exists():
             run.meta = _read_json(d / "features" / "meta.json", "statistics meta")
+            if sae_dir is not None and isinstance(run.meta, dict):
+                check_fingerprint(run.meta.get(FINGERPRINT_KEY), sae_dir, stats, f"re-run `emosae stats {d}`")
         if (d / "features" / "vocab.json").exists():
             vocab = _read_json(d / "features" / "vocab.json", "vocabulary")
             if not isinstance(vocab, list):
@@ -236,5 +240,5 @@ def load_run(run_dir: str | Path) -> RunData:
         raise UserError(f"nothing to browse in {run_dir}: no features/stats.safetensors, labels.json or sae/cfg.json; "
                         "run `emosae stats RUN` and `emosae label RUN` first")
     if sae_dir is not None:
-        _load_alignment(run, sae_dir / "sae_weights.safetensors")
+        _load_alignment(run, sae_dir / WEIGHTS_FILE)
     return run

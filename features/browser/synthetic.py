@@ -181,6 +181,7 @@ def make_synthetic_run(out: str | Path, d_sae: int = 256, d_in: int = 64, k_top:
                "seconds": 600.0, "tokens_per_s": 13653.0, "history": history}
     if hostile:
         metrics[HOSTILE[2]] = HOSTILE[1]
+        metrics["__proto__"] = {"polluted": "__proto__ is a key"}  # an object literal would drop it
     write_json_atomic(out / "metrics.json", metrics)
     config = (f"model: smollm2-135m\nhook: {hook}\nsae:\n  arch: topk\n  d_sae: {d_sae}\n  k: 32\n"
               f"train:\n  tokens: 8192000\n  lr: 0.0004\nseed: {seed}\n")
