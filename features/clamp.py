@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import difflib
 import numbers
-import json
 import logging
 import re
 from dataclasses import dataclass, field, replace
@@ -33,8 +32,7 @@ from features.units import Strength, parse_strength
 from sae.architectures import load_sae
 from sae.errors import UserError
 from sae.hooks import HookPoint, add_hook, parse_hook
-from sae.io import read_json
-from sae.layout import FINGERPRINT_KEY, check_fingerprint, find_sae_dir, run_root
+from sae.layout import FINGERPRINT_KEY, check_fingerprint, find_sae_dir, read_object, recorded_fingerprint, run_root
 
 log = logging.getLogger("emosae")
 
@@ -65,19 +63,19 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> RunAsse
     sae_dir, root = find_sae_dir(run_dir), run_root(run_dir)
     assets = RunAssets(sae=load_sae(sae_dir, device), path=root)
     if (root / "labels.json").exists():
-        assets.labels = read_json(root / "labels.json")
+        assets.labels = read_object(root / "labels.json")
         check_fingerprint(assets.labels.get(FINGERPRINT_KEY), sae_dir, root / "labels.json",
                           f"re-run `emosae label {root}`")
     stats = root / "features" / "stats.safetensors"
     if stats.exists():
         meta = root / "features" / "meta.json"  # max_act of another SAE would scale clamps wrongly
-        check_fingerprint(read_json(meta).get(FINGERPRINT_KEY) if meta.exists() else None, sae_dir, stats,
+        check_fingerprint(recorded_fingerprint(meta), sae_dir, stats,
                           f"re-run `emosae stats {root}`")
         with safe_open(str(stats), "pt") as f:
             if "max_act" in f.keys():
                 assets.max_act = f.get_tensor("max_act").float()
     if (root / "metrics.json").exists():
-        value = json.loads((root / "metrics.json").read_text()).get("mean_resid_norm")
+        value = read_object(root / "metrics.json").get("mean_resid_norm")
         assets.mean_resid_norm = float(value) if value is not None else None
     if (root / "vectors" / "vectors.safetensors").exists():
         from features.vectors import load_vector_set

@@ -154,13 +154,21 @@ def run_demo(run_dir: str | Path = "runs/demo", fresh: bool = False, overrides: 
     sae = load_sae(run)
     lm = load_model_for(sae, device="cpu")  # at the precision the SAE was trained at (the preset's model.autocast)
 
+    from sae.layout import find_sae_dir, recorded_fingerprint, sae_fingerprint
+    fingerprint = sae_fingerprint(find_sae_dir(run))
+    stale = [p.name for p in (run / "features" / "meta.json", run / "labels.json")
+             if recorded_fingerprint(p) not in (None, fingerprint)]
+    if stale:  # the SAE was replaced since: what was made from the old one is redone, not reused
+        log.info("demo: %s were made from another SAE than %s/sae; redoing the steps that use it",
+                 " and ".join(stale), run)
+
     from features.stats import compute_stats
     cache_train = run / "cache" / "train"
-    _step("statistics", (run / "features" / "stats.safetensors").exists(),
+    _step("statistics", (run / "features" / "stats.safetensors").exists() and not stale,
           lambda: compute_stats(run, cache_dir=cache_train if cache_train.exists() else None, lm=lm), timings)
 
     from labeling.label import label_run, read_labels
-    labels_done = (run / "labels.json").exists() and "emotions" in read_labels(run)
+    labels_done = (run / "labels.json").exists() and "emotions" in read_labels(run) and not stale
     _step("labels", labels_done, lambda: label_run(run, lm=lm), timings)
     labels = read_labels(run)
 
@@ -174,7 +182,7 @@ def run_demo(run_dir: str | Path = "runs/demo", fresh: bool = False, overrides: 
         rep = alignment_report(result, sae, sae.hook_name, run, lm)
         merge_into_labels(run, rep["aligned"], rep["summary"])
     _step("emotion vectors", (run / "vectors" / "vectors.safetensors").exists()
-          and "aligned" in read_labels(run), do_vectors, timings)
+          and "aligned" in read_labels(run) and not stale, do_vectors, timings)
 
     from labeling.geometry import run_geometry
     geo_path = run / "geometry.json"
@@ -190,7 +198,7 @@ def run_demo(run_dir: str | Path = "runs/demo", fresh: bool = False, overrides: 
         templates = [t for t in load_templates() if t["name"] in ("acetaminophen",) or t.get("control")]
         doc = dose_response(mon, templates)
         write_json_atomic(dose_path, doc)
-    _step("dose template", dose_path.exists(), do_dose, timings)
+    _step("dose template", dose_path.exists() and not stale, do_dose, timings)
     dose = read_json(dose_path)
 
     from features.sweep import run_sweeps
@@ -210,12 +218,12 @@ def run_demo(run_dir: str | Path = "runs/demo", fresh: bool = False, overrides: 
         for res, e in zip(results, emotions):
             res["emotion"] = e
         write_json_atomic(clamp_path, results)
-    _step("clamp", clamp_path.exists() or not clamp_targets(labels), do_clamp, timings)
+    _step("clamp", (clamp_path.exists() and not stale) or not clamp_targets(labels), do_clamp, timings)
     clamp_results = read_json(clamp_path) if clamp_path.exists() else []
 
     from features.browser.export import export_site
     export_dir = run / "browser"
-    _step("browser export", (export_dir / "index.html").exists(), lambda: export_site(run, export_dir), timings)
+    _step("browser export", (export_dir / "index.html").exists() and not stale, lambda: export_site(run, export_dir), timings)
 
     vec_held = (read_json(run / "vectors" / "vectors.json").get("heldout") or {}).get(str(layer)) or {}
     summary = _summary(run, metrics, read_labels(run), vec_held, geo, dose, clamp_results, export_dir,

@@ -83,7 +83,9 @@ class Monitor:
 
         names, by_layer = load_vectors(vectors_dir)
         info_path = Path(vectors_dir) / "vectors.json"
-        info = json.loads(info_path.read_text()) if info_path.exists() else {}
+        from sae.io import read_json
+
+        info = read_json(info_path) if info_path.exists() else {}
         layer = layer if layer is not None else info.get("best_layer", min(by_layer) if len(by_layer) == 1 else None)
         if layer is None or layer not in by_layer:
             raise UserError(f"no vectors at layer {layer} in {vectors_dir} (have {sorted(by_layer)}); pass --layer")

@@ -431,7 +431,9 @@ def load_vector_set(path: str | Path) -> tuple[list[str], dict[str, torch.Tensor
         raise UserError(f"could not read {f_path}: {e}; recompute it with `emosae vectors`") from None
     info = {}
     if (d / INFO_FILE).exists():
-        info = json.loads((d / INFO_FILE).read_text())
+        from sae.io import read_json
+
+        info = read_json(d / INFO_FILE)
     emotions = emotions or info.get("emotions")
     if not emotions or any(t.shape[0] != len(emotions) for t in tensors.values()):
         raise UserError(f"{f_path} has no emotion list matching its vectors; recompute it with `emosae vectors`")
@@ -479,9 +481,11 @@ def alignment_report(result: VectorResult, sae, hook: str, run_dir: str | Path, 
     from labeling.scoring import DEFAULT_SKIP
 
     vals, ids = aligned_features(result.vectors[hook], sae.W_dec.detach().cpu(), top)
-    st = {}
+    st = {"reduce": LabelSettings.reduce}  # no labels yet: score as `emosae label` will (its default rule)
     if labels_path(run_dir).exists():
-        st = (json.loads(labels_path(run_dir).read_text()) or {}).get("settings") or {}
+        from labeling.label import read_labels
+
+        st = read_labels(run_dir).get("settings") or st  # a labels.json holding only alignments: still none
     settings = LabelSettings(skip_tokens=int(st.get("skip_tokens", DEFAULT_SKIP)), reduce=st.get("reduce", "max"))
     rows = corpus_rows(corpus)
     scores, _ = score_rows(run_dir, rows, settings, lm)

@@ -25,7 +25,8 @@ from safetensors import safe_open
 
 from sae.errors import UserError
 from sae.io import read_json, write_json_atomic
-from sae.layout import FINGERPRINT_KEY, check_fingerprint, find_sae_dir, run_root
+from sae.layout import (FINGERPRINT_KEY, check_fingerprint, find_sae_dir, read_object, recorded_fingerprint, run_root,
+                        sae_fingerprint)
 
 log = logging.getLogger("emosae")
 
@@ -93,7 +94,7 @@ def _load_stats(run_dir: Path) -> tuple[dict, list[str]]:
     if not path.exists():
         raise UserError(f"no feature statistics in {root}/features; run `emosae stats {root}` first")
     meta = root / "features" / "meta.json"
-    check_fingerprint(read_json(meta).get(FINGERPRINT_KEY) if meta.exists() else None, sae_dir, path,
+    check_fingerprint(recorded_fingerprint(meta), sae_dir, path,
                       f"re-run `emosae stats {root}`")
     keys = ("top_tokens", "top_token_acts", "top_acts", "top_index", "quantile_tokens", "quantile_acts",
             "quantile_index", "max_act")
@@ -164,7 +165,7 @@ def explain_features(run_dir: str | Path, explainer: str, features: list[int] | 
         labels_path = run_dir / "labels.json"
         ranked = []
         if labels_path.exists():
-            doc = read_json(labels_path)
+            doc = read_object(labels_path)
             check_fingerprint(doc.get(FINGERPRINT_KEY), find_sae_dir(run_dir), labels_path,
                               f"re-run `emosae label {run_dir}`")
             feats = doc.get("features", {})
@@ -218,12 +219,17 @@ def explain_features(run_dir: str | Path, explainer: str, features: list[int] | 
             res["note"] = "no non-activating contexts found" if y.sum() else "no held-out activating contexts"
         results[str(f)] = res
         log.info("feature %d: %r (balanced accuracy %s)", f, label, res.get("balanced_accuracy"))
-    out = {"explainer": explainer_lm.model_id, "method": "every other top context shown; the rest, upper-half "
+    fingerprint = sae_fingerprint(find_sae_dir(run_dir))
+    out = {FINGERPRINT_KEY: fingerprint, "explainer": explainer_lm.model_id, "method": "every other top context shown; the rest, upper-half "
            "quantile samples and verified non-activating contexts of other features scored Yes/No",
            "features": results}
     path = run_dir / "features" / "explanations.json"
-    old = read_json(path) if path.exists() else {}
-    if isinstance(old, dict) and old.get("explainer") == out["explainer"]:
+    try:
+        old = read_json(path) if path.exists() else {}
+    except UserError:
+        old = {}  # damaged: this run's explanations are not thrown away for it
+    if (isinstance(old, dict) and old.get("explainer") == out["explainer"]
+            and old.get(FINGERPRINT_KEY) == fingerprint):  # another SAE's explanations name other features
         out["features"] = {**old.get("features", {}), **results}
     write_json_atomic(path, out)
     return {"explainer": out["explainer"], "features": results, "path": str(path)}

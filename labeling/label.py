@@ -265,7 +265,10 @@ def read_labels(run_dir: str | Path) -> dict:
     path = labels_path(run_dir)
     if not path.exists():
         raise UserError(f"no {LABELS} in {run_dir}; run `emosae label {run_dir}` first")
-    return read_json(path)
+    doc = read_json(path)
+    if not isinstance(doc, dict):
+        raise UserError(f"{path} is not a JSON object; re-run `emosae label {run_root(run_dir)}`")
+    return doc
 
 
 def chosen_features(labels_doc: dict) -> dict[str, int]:

@@ -334,7 +334,13 @@ def outlier_mult_for(run_dir: str | Path | None, sae=None) -> float | None:
     if "outlier_mult" in meta:
         return meta["outlier_mult"]
     if run_dir is not None:
-        cfg = Path(run_dir) / "config.yaml"
+        from sae.layout import run_root
+
+        try:
+            root = run_root(run_dir)  # RUN/sae reads RUN/config.yaml, as RUN does
+        except UserError:
+            root = Path(run_dir)
+        cfg = root / "config.yaml"
         if cfg.exists():
             import yaml
 

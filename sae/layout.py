@@ -5,6 +5,7 @@ fingerprint that ties those files to the weights they were made from."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from sae.errors import UserError
 CFG_FILE, WEIGHTS_FILE = "cfg.json", "sae_weights.safetensors"
 FINGERPRINT_KEY = "sae_fingerprint"
 _EDGE = 1 << 20  # bytes hashed at each end of the weights file
+log = logging.getLogger("emosae")
+_warned: set[Path] = set()
 
 
 def find_sae_dir(path: str | os.PathLike) -> Path:
@@ -30,8 +33,15 @@ def run_root(path: str | os.PathLike) -> Path:
     """The folder a run's derived files go to: RUN for RUN and RUN/sae, the folder itself for a bare
     SAELens SAE directory. One rule for every verb, so what `emosae label RUN/sae` writes is what
     `emosae clamp RUN` reads."""
-    d = find_sae_dir(path)
-    return d.parent if d.name == "sae" else d
+    d = Path(os.path.abspath(find_sae_dir(path)))  # "." or ".." inside RUN/sae has no name to test
+    if d.name != "sae":
+        return d
+    left = [n for n in ("labels.json", "features") if (d / n).exists() and not (d.parent / n).exists()]
+    if left and d not in _warned:  # written there by emosae before the one-root rule; read nowhere now
+        _warned.add(d)
+        log.warning("%s holds %s, which emosae no longer reads: derived files live in %s; move them there",
+                    d, " and ".join(left), d.parent)
+    return d.parent
 
 
 def sae_fingerprint(sae_dir: str | os.PathLike) -> str:
@@ -47,6 +57,21 @@ def sae_fingerprint(sae_dir: str | os.PathLike) -> str:
             f.seek(size - _EDGE)
         h.update(f.read())
     return h.hexdigest()[:16]
+
+
+def read_object(path: str | os.PathLike) -> dict:
+    """A derived JSON file that must hold an object (labels.json, features/meta.json, metrics.json)."""
+    from sae.io import read_json
+
+    doc = read_json(path)
+    if not isinstance(doc, dict):
+        raise UserError(f"{path} is not a JSON object; re-create it with the stage that writes it")
+    return doc
+
+
+def recorded_fingerprint(path: str | os.PathLike) -> object:
+    """The SAE fingerprint a derived JSON file records; None when the file or the key is absent."""
+    return read_object(path).get(FINGERPRINT_KEY) if Path(path).exists() else None
 
 
 def check_fingerprint(recorded: object, sae_dir: str | os.PathLike, made: str | os.PathLike, fix: str) -> None:

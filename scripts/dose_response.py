@@ -72,7 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         templates = load_templates(args.templates)
         mon = build_monitor(args)
         doc = dose_response(mon, templates, args.position)
-        out = Path(args.out) if args.out else Path(args.vectors or args.run or "runs/demo") / "dose_response"
+        from sae.layout import run_root
+
+        src = Path(args.vectors) if args.vectors else run_root(args.run or "runs/demo")
+        out = Path(args.out) if args.out else src / "dose_response"
         out.mkdir(parents=True, exist_ok=True)
         for entry in doc["templates"]:
             entry["png"] = str(plot(entry, out / f"dose_{entry['name']}.png", args.position))

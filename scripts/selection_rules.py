@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from features.vectors import vectors_for_hook  # noqa: E402
 from labeling.aurocs import RankedScores, auroc, emotions_of, split_masks  # noqa: E402
 from labeling.label import LabelSettings, corpus_rows, score_rows  # noqa: E402
+from sae.layout import run_root  # noqa: E402
 
 
 def rules(A: np.ndarray, C: np.ndarray, S: np.ndarray, y: np.ndarray, emos: list[str], rng) -> dict[str, np.ndarray]:
@@ -59,7 +60,7 @@ def main() -> int:
     for run in args.runs:
         scores, ctx = score_rows(run, rows, LabelSettings(), lm)
         lm = ctx["lm"]
-        names, mat, _ = vectors_for_hook(Path(args.vectors or run), ctx["hook"])
+        names, mat, _ = vectors_for_hook(Path(args.vectors) if args.vectors else run_root(run), ctx["hook"])
         V = mat.float().numpy()
         V /= np.linalg.norm(V, axis=1, keepdims=True)
         W = ctx["sae"].W_dec.detach().float().numpy()
