@@ -254,13 +254,9 @@ def run_geometry(source: str | Path, layer: int | None = None, norms: str | Path
     vectors dir)."""
     from features.vectors import load_named, load_vector_set
 
-    src = Path(source).expanduser()
-    from sae.layout import run_root
+    from sae.layout import root_or_path
 
-    try:
-        src = run_root(src)  # a run given as RUN/sae (or a bare SAE dir): its root holds vectors/
-    except UserError:
-        pass  # a vectors dir
+    src = root_or_path(Path(source).expanduser())  # RUN/sae's vectors/ are in RUN; a vectors dir as is
     if not src.exists():
         raise UserError(f"{source} does not exist; give a run directory or a vectors directory")
     emotions, tensors, info = load_vector_set(src)

@@ -334,13 +334,9 @@ def outlier_mult_for(run_dir: str | Path | None, sae=None) -> float | None:
     if "outlier_mult" in meta:
         return meta["outlier_mult"]
     if run_dir is not None:
-        from sae.layout import run_root
+        from sae.layout import root_or_path
 
-        try:
-            root = run_root(run_dir)  # RUN/sae reads RUN/config.yaml, as RUN does
-        except UserError:
-            root = Path(run_dir)
-        cfg = root / "config.yaml"
+        cfg = root_or_path(run_dir) / "config.yaml"  # RUN/sae reads RUN/config.yaml, as RUN does
         if cfg.exists():
             import yaml
 

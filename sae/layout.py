@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from sae.errors import UserError
+from sae.io import read_json
 
 CFG_FILE, WEIGHTS_FILE = "cfg.json", "sae_weights.safetensors"
 FINGERPRINT_KEY = "sae_fingerprint"
@@ -44,6 +45,15 @@ def run_root(path: str | os.PathLike) -> Path:
     return d.parent
 
 
+def root_or_path(path: str | os.PathLike) -> Path:
+    """run_root for a path that holds an SAE; the path itself otherwise (a vectors folder, a run
+    without its SAE), for readers that accept either."""
+    try:
+        return run_root(path)
+    except UserError:
+        return Path(path)
+
+
 def sae_fingerprint(sae_dir: str | os.PathLike) -> str:
     """Identity of the saved weights: sha256 of the file size and its first and last MiB (the
     safetensors header plus weights at both ends), so it costs milliseconds on a multi-GB SAE and
@@ -61,8 +71,6 @@ def sae_fingerprint(sae_dir: str | os.PathLike) -> str:
 
 def read_object(path: str | os.PathLike) -> dict:
     """A derived JSON file that must hold an object (labels.json, features/meta.json, metrics.json)."""
-    from sae.io import read_json
-
     doc = read_json(path)
     if not isinstance(doc, dict):
         raise UserError(f"{path} is not a JSON object; re-create it with the stage that writes it")
