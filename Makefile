@@ -25,8 +25,8 @@ install: $(VENV)/.installed
 # Debian's Chromium for the browser tests (Playwright never downloads a browser here), and a C++
 # compiler for torch.compile's CPU code (model.compile and its test).
 chromium:
-	@test -x /usr/bin/chromium || (apt-get update -q && apt-get install -y -q chromium chromium-driver)
-	@command -v g++ >/dev/null || (apt-get update -q && apt-get install -y -q g++)
+	@test -x /usr/bin/chromium || (apt-get update -q && apt-get install -y -q -o APT::Keep-Downloaded-Packages=false chromium chromium-driver)
+	@command -v g++ >/dev/null || (apt-get update -q && apt-get install -y -q -o APT::Keep-Downloaded-Packages=false g++)
 
 demo: install
 	$(BIN)/emosae demo --run $(RUN) $(if $(FRESH),--fresh,)

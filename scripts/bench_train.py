@@ -6,6 +6,7 @@ and each tool's held-out FVE, L0 and dead fraction, all computed by emosae's one
 same held-out activations. Then: 4 SAEs from one emosae harvest vs 4 separate runs.
 
     .venv/bin/python scripts/bench_train.py [--tokens 197000] [--repeat 3] [--with-compiled] [--json]
+    python scripts/bench_train.py --device cuda --skip saelens,sparsify,sparsify_cut   # on a GPU
 
 `--repeat N` runs the tools N rounds in turn and reports medians: on a shared (virtual) machine one
 tool's speed moves +-15% from minute to minute, enough to swing a single run's ratio by 0.15.
@@ -75,7 +76,7 @@ def rows_for(args, tokenizer) -> tuple[list, list]:
 
 
 def heldout_acts(lm, rows, hook: str, args) -> torch.Tensor:
-    parts = [c.acts[hook] for c in harvest(lm.model, lm.tokenizer, batches(rows, args.context, args.batch), [hook])]
+    parts = [c.acts[hook].cpu() for c in harvest(lm.model, lm.tokenizer, batches(rows, args.context, args.batch), [hook])]
     return torch.cat(parts)
 
 
@@ -83,16 +84,25 @@ def bare_forward(lm, rows, hook: str, args) -> float:
     """Seconds for the plain forward over the training rows, stopped after the hook layer."""
     ids = torch.tensor([r[0] for r in rows])
     per = max(1, args.batch // args.context)
+    device = next(lm.model.parameters()).device
+    _sync(device)
     t0 = time.perf_counter()
     with torch.inference_mode():
         for i in range(0, ids.shape[0], per):
-            run_to_hooks(lm.model, [hook], input_ids=ids[i:i + per])
+            run_to_hooks(lm.model, [hook], input_ids=ids[i:i + per].to(device, non_blocking=True))
+    _sync(device)
     return time.perf_counter() - t0
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":  # CUDA calls return before the GPU is done
+        torch.cuda.synchronize(device)
 
 
 # --- emosae --------------------------------------------------------------------------------------
 def emosae_config(args, tmp: Path, saes: str, tokens: int, tag: str, compile: bool = False):
-    text = (f"model: {{name: {args.model}, compile: {str(compile).lower()}, autocast: 'off', "  # fp32, as the others
+    text = (f"model: {{name: {args.model}, device: {args.device}, compile: {str(compile).lower()}, "
+            f"autocast: '{args.autocast}', "  # default off: fp32, as the others
             f"prepack: '{args.prepack}'}}\n"
             f"data: {{dataset: {args.dataset}, context_size: {args.context}, token_budget: {args.batch}, "
             f"tokens: {tokens}, heldout_tokens: {args.heldout_tokens}, cache: {tmp / ('cache-' + tag)}, "
@@ -158,14 +168,14 @@ def run_saelens(args, lm, train_rows, x_ho: torch.Tensor, tmp: Path) -> dict:
     ds = Dataset.from_dict({"input_ids": [r[0] for r in train_rows]})
     n_train = len(train_rows) * (args.context - 1)  # activations after the first position is sliced off
     cfg = LanguageModelSAERunnerConfig(
-        sae=TopKTrainingSAEConfig(d_in=x_ho.shape[1], d_sae=args.d_sae, k=args.k, dtype="float32", device="cpu"),
+        sae=TopKTrainingSAEConfig(d_in=x_ho.shape[1], d_sae=args.d_sae, k=args.k, dtype="float32", device=args.device),
         model_name=lm.path, model_class_name="AutoModelForCausalLM", hook_name=module_path(lm.model, layer),
         dataset_path="", is_dataset_tokenized=True, streaming=False, context_size=args.context,
         prepend_bos=False, seqpos_slice=(1, None), training_tokens=n_train, train_batch_size_tokens=args.batch,
         store_batch_size_prompts=max(1, args.batch // args.context),
         # SAELens 6 sizes its mixing buffer as n_batches_in_buffer x context tokens; it must hold 2 batches
         n_batches_in_buffer=max(8, math.ceil(2 * args.batch / (args.context - 1))),
-        device="cpu", dtype="float32", logger=LoggingConfig(log_to_wandb=False),
+        device=args.device, dtype="float32", logger=LoggingConfig(log_to_wandb=False),
         checkpoint_path=str(tmp / "saelens-ckpt"), output_path=str(tmp / "saelens-out"), n_checkpoints=0,
         verbose=False, seed=0)
     t_load = time.perf_counter()
@@ -207,7 +217,7 @@ def run_sparsify(args, lm, train_rows, x_ho: torch.Tensor, tmp: Path, cut: bool)
         from sparsify import SaeConfig, Trainer, TrainConfig
 
     layer = parse_hook(args.hook, lm.model).layer
-    model = AutoModelForCausalLM.from_pretrained(lm.path, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(lm.path, dtype=torch.float32).to(args.device).eval()
     if cut:  # keep the blocks up to the hook layer; no final norm, no unembedding
         model.model.layers = model.model.layers[: layer + 1]
         model.config.num_hidden_layers = layer + 1
@@ -223,7 +233,7 @@ def run_sparsify(args, lm, train_rows, x_ho: torch.Tensor, tmp: Path, cut: bool)
         with _no_first_position():
             trainer.fit()
         seconds = time.perf_counter() - t0
-    sae = trainer.saes[f"layers.{layer}"].eval()
+    sae = trainer.saes[f"layers.{layer}"].to("cpu").eval()
 
     def encode(a):
         out = sae.encode(a)
@@ -237,6 +247,9 @@ def run_sparsify(args, lm, train_rows, x_ho: torch.Tensor, tmp: Path, cut: bool)
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (every tool, the limit included)")
+    p.add_argument("--autocast", default="off", choices=("off", "bf16"),
+                   help="emosae's LM forward (default off: float32 like the others; bf16 is emosae's GPU default)")
     p.add_argument("--hook", default="blocks.15.hook_resid_post")
     p.add_argument("--dataset", default=str(ROOT / "labeling" / "data" / "general_corpus.jsonl.gz"))
     p.add_argument("--tokens", type=int, default=197_000, help="training text tokens (all tools)")
@@ -271,14 +284,17 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_flush_denormal(True)
     torch.manual_seed(0)
 
-    lm = load_model(args.model, autocast="off", prepack="off")  # fp32, plain F.linear: the others' model, the limit
+    if args.device != "cpu":
+        skip.add("limit_prepacked")  # oneDNN prepacking is a CPU path
+    lm = load_model(args.model, args.device, autocast="off", prepack="off")  # fp32, plain F.linear: the others' model, the limit
     packed = load_model(args.model, autocast="off", prepack="on") if "limit_prepacked" not in skip else None
     held, train_rows = rows_for(args, lm.tokenizer)
     x_ho = heldout_acts(lm, held, args.hook, args)
     tokens = len(train_rows) * args.context
     log.info("%d training tokens (%d rows), %d held-out activations", tokens, len(train_rows), x_ho.shape[0])
-    out: dict = {"tokens": tokens, "heldout_activations": int(x_ho.shape[0]), "device": "cpu", "emosae_optimizer": args.optimizer,
-                 "emosae_prepack": args.prepack,
+    out: dict = {"tokens": tokens, "heldout_activations": int(x_ho.shape[0]), "device": args.device,
+                 "gpu": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else None,
+                 "emosae_optimizer": args.optimizer, "emosae_prepack": args.prepack, "emosae_autocast": args.autocast,
                  "threads": torch.get_num_threads()}
     rounds: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench_train-") as d:

@@ -12,6 +12,17 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` need a GPU: skipped here when torch sees none (CI), so a lent GPU machine
+    runs the same files (scripts/gpu_check.sh)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run by scripts/gpu_check.sh on one)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def lm():
     from sae.models import load_model

@@ -47,7 +47,7 @@ def _split_cache(src: Path, dst: Path, hook: str, world: int = 2) -> None:
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_equal_one(tmp_path_factory):
+def test_two_gloo_processes_equal_one(tmp_path):
     """Two ranks' all-reduced gradients equal one process's to float rounding, not bit for bit, and
     a TopK selection that falls within that rounding of a tie can pick another latent for one token;
     Adam then moves that latent by a full step. On activations from the prepacked model (differing
@@ -56,8 +56,10 @@ def test_two_gloo_processes_equal_one(tmp_path_factory):
     checks the data-parallel machinery, not the luck of a tie."""
     from sae.models import load_model
 
-    cache = real_cache(load_model("smollm2-135m", prepack="off"), tmp_path_factory.mktemp("plain"))
-    tmp = tmp_path_factory.mktemp("ddp")
+    (tmp_path / "plain").mkdir()
+    cache = real_cache(load_model("smollm2-135m", prepack="off"), tmp_path / "plain")
+    tmp = tmp_path / "ddp"
+    tmp.mkdir()
     hook = "blocks.15.hook_resid_post"
     split = tmp / "split"
     _split_cache(cache, split, hook)

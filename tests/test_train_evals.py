@@ -59,7 +59,7 @@ def test_ce_loss_score_bounds(lm, tmp_path_factory):
     assert evaluate_sae(_identity_sae(d), held.acts[HOOK])["fve"] == pytest.approx(1.0, abs=1e-9)
 
 
-def test_wandb_offline_and_failures_never_stop_training(lm, tmp_path_factory, monkeypatch):
+def test_wandb_offline_and_failures_never_stop_training(lm, tmp_path_factory, tmp_path, monkeypatch):
     import wandb
 
     from sae.trainer import train
@@ -67,7 +67,7 @@ def test_wandb_offline_and_failures_never_stop_training(lm, tmp_path_factory, mo
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     cache = real_cache(lm, tmp_path_factory.getbasetemp())
-    run = tmp_path_factory.mktemp("wandb") / "run"
+    run = tmp_path / "wandb0" / "run"
     m = train(tiny_config(cache, overrides=["log.wandb.project=emosae-test", "log.wandb.every_steps=2"]), run)
     assert m["steps"] > 0
     assert list((run / "wandb").glob("offline-run-*")), "no offline wandb run written"
@@ -76,7 +76,7 @@ def test_wandb_offline_and_failures_never_stop_training(lm, tmp_path_factory, mo
         raise RuntimeError("wandb is down")
 
     monkeypatch.setattr(wandb, "init", boom)
-    run2 = tmp_path_factory.mktemp("wandb") / "run"
+    run2 = tmp_path / "wandb1" / "run"
     m2 = train(tiny_config(cache, overrides=["log.wandb.project=emosae-test"]), run2)
     assert m2["steps"] == m["steps"] and json.loads((run2 / "metrics.json").read_text())["fve"] == m2["fve"]
 

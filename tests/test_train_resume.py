@@ -34,11 +34,11 @@ def _ckpt_tokens(run: Path) -> list[int]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["cache", "stream"])
-def test_resume_after_sigkill_matches_uninterrupted(lm, tmp_path_factory, mode):
+def test_resume_after_sigkill_matches_uninterrupted(lm, tmp_path_factory, tmp_path, mode):
     """cache: the data position is (epoch, shard slot, row); stream: LM batches consumed plus the
     shuffle buffer and the batches already cut from it, all in the checkpoint."""
     cache = real_cache(lm, tmp_path_factory.getbasetemp())
-    tmp = tmp_path_factory.mktemp(f"resume-{mode}")
+    tmp = tmp_path
     cfg = tmp / "cfg.yaml"
     text = tiny_yaml(cache, epochs=5, checkpoint_every_tokens=2048, eval_every_steps=10)
     if mode == "stream":
@@ -73,14 +73,14 @@ def test_resume_after_sigkill_matches_uninterrupted(lm, tmp_path_factory, mode):
     assert [h["loss"] for h in ref_m["history"]] == pytest.approx([h["loss"] for h in res_m["history"]], rel=1e-6)
 
 
-def test_resume_refuses_mismatches(lm, tmp_path_factory):
+def test_resume_refuses_mismatches(lm, tmp_path_factory, tmp_path):
     """A finished run cannot be overwritten by a fresh one; --resume needs a run directory."""
     from sae.errors import UserError
     from sae.trainer import resume, train
     from train_fixtures import tiny_config
 
     cache = real_cache(lm, tmp_path_factory.getbasetemp())
-    run = tmp_path_factory.mktemp("refuse") / "run"
+    run = tmp_path / "run"
     cfg = tiny_config(cache)
     m = train(cfg, run)
     assert m["steps"] >= 1 and (run / "sae" / "cfg.json").exists()
