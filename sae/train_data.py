@@ -18,7 +18,9 @@ import hashlib
 import json
 import logging
 import math
+import queue
 import shutil
+import threading
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -217,6 +219,58 @@ class CacheSource:
 
 
 # --- stream mode -------------------------------------------------------------------------------
+def buffer_device(device: torch.device, capacity: int, width: int) -> torch.device:
+    """Where the stream shuffle buffer lives: on the GPU when three copies of it (the buffer and
+    what one shuffle gathers and keeps) fit in a fifth of its memory, so activations never make a
+    round trip through host memory; else (the presets' 1M-token buffers of a 4096-wide model) in
+    host memory. CPU runs: host memory."""
+    if device.type != "cuda":
+        return torch.device("cpu")
+    need = 3 * capacity * width * 4
+    return device if need <= torch.cuda.get_device_properties(device).total_memory // 5 else torch.device("cpu")
+
+
+_END = object()
+
+
+def in_background(items: Iterator, depth: int = 4) -> Iterator:
+    """`items` produced by a thread up to `depth` ahead, in order; its exception is raised here.
+    Only for iterators whose work (the tokenizer, file reads) nothing else uses meanwhile."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(x) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(x, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for x in items:
+                if not put(x):
+                    return
+            put(_END)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which raises it
+            put(e)
+
+    t = threading.Thread(target=work, name="emosae-data", daemon=True)
+    t.start()
+    try:
+        while True:
+            x = q.get()
+            if x is _END:
+                return
+            if isinstance(x, BaseException):
+                raise x
+            yield x
+    finally:
+        stop.set()
+
+
 class StreamSource:
     """harvest -> ShuffleBuffer -> batches, with no disk. Position: LM batches consumed, the
     buffer's rows and RNG, and batches already cut from the buffer but not yet trained on."""
@@ -225,8 +279,10 @@ class StreamSource:
                  rank: int, world: int):
         self.lm, self.data, self.hooks, self.batch_size = lm, data, hooks, batch_size
         self.rank, self.world = rank, world
-        self.buffer = ShuffleBuffer(max(data.buffer_tokens // world, 2 * batch_size), batch_size,
-                                    seed=seed * 1_000_003 + rank)
+        capacity = max(data.buffer_tokens // world, 2 * batch_size)
+        self.device = next(lm.model.parameters()).device
+        self.buffer = ShuffleBuffer(capacity, batch_size, seed=seed * 1_000_003 + rank,
+                                    device=buffer_device(self.device, capacity, lm.model.config.hidden_size * len(hooks)))
         self.lm_batches = 0
         self.pending: list[dict[str, torch.Tensor]] = []
         self.n_lm_batches = n_train_batches(data, rank, world)
@@ -235,8 +291,10 @@ class StreamSource:
         while self.pending:
             yield self.pending.pop(0)
         src = train_batches(self.data, self.lm.tokenizer, self.rank, self.world, skip=self.lm_batches)
+        if self.device.type == "cuda":  # tokenizing and packing (CPU) overlap the GPU's forward and steps
+            src = in_background(src)
         for chunk in harvest(self.lm.model, self.lm.tokenizer, src, self.hooks, self.data.outlier_mult):
-            self.pending = list(self.buffer.add({h: a.cpu() for h, a in chunk.acts.items()}))
+            self.pending = list(self.buffer.add(chunk.acts))  # moved to the buffer's device
             self.lm_batches += 1
             while self.pending:
                 yield self.pending.pop(0)

@@ -54,12 +54,16 @@ def test_bf16_autocast_on_cuda_stays_close_to_float32(lm_cuda):
     assert 0.99 < float(fve) < 1.0  # bf16 moved the numbers, a little
 
 
-def test_train_on_cuda_end_to_end(lm, tmp_path):
+@pytest.mark.parametrize("mode", ["cache", "stream"])
+def test_train_on_cuda_end_to_end(lm, tmp_path, mode):
     """Harvest, sparse TopK training, evals and save all on the GPU give the CPU run's SAE (its
-    held-out FVE; 0.1315487 on both when measured); the saved SAE encodes the same on CPU and GPU."""
+    held-out FVE; cache mode: 0.1315487 on both when measured); in stream mode the shuffle buffer
+    sits on the GPU and a thread tokenizes ahead. The saved SAE encodes the same on CPU and GPU."""
     from sae.trainer import train
 
-    runs = {dev: train(tiny_config(tmp_path / f"cache-{dev}", overrides=[f"model.device={dev}", "model.autocast=off"]),
+    mode_set = ["data.mode=stream", "data.buffer_tokens=1024"] if mode == "stream" else []
+    runs = {dev: train(tiny_config(tmp_path / f"cache-{dev}", overrides=[f"model.device={dev}", "model.autocast=off",
+                                                                        *mode_set]),
                        tmp_path / f"run-{dev}") for dev in ("cpu", "cuda")}
     m = runs["cuda"]
     assert m["steps"] == runs["cpu"]["steps"] > 10 and m["skipped_steps"] == 0 and 6 < m["l0"] <= 8

@@ -87,3 +87,35 @@ def test_cache_round_trip(lm, tmp_path):
     idx = shard["index"][:5]
     rows = shard["rows"].reshape(-1)
     assert rows.numel() >= int(idx.max()) + 1
+
+
+def test_in_background_keeps_order_raises_and_stops():
+    """The stream trainer's data thread (on CUDA): same items in the same order, the producer's
+    exception raised in the consumer, and a consumer that stops early ends the thread."""
+    import threading
+
+    from sae.errors import UserError
+    from sae.train_data import in_background
+
+    assert list(in_background(iter(range(100)), depth=3)) == list(range(100))
+
+    def bad():
+        yield 1
+        raise UserError("data.dataset: no such file")
+    got = []
+    try:
+        for x in in_background(bad()):
+            got.append(x)
+    except UserError as e:
+        assert "no such file" in str(e)
+    else:
+        raise AssertionError("the producer's error was lost")
+    assert got == [1]
+
+    gen = in_background(iter(range(10 ** 6)), depth=2)
+    assert next(gen) == 0
+    gen.close()
+    for t in threading.enumerate():
+        if t.name == "emosae-data":
+            t.join(timeout=5)
+            assert not t.is_alive()
