@@ -92,6 +92,10 @@ class ActivationCache:
         if not (d / MANIFEST).exists() and (d / "train" / MANIFEST).exists():
             d = d / "train"  # a training run's data.cache: its training activations (docs/formats.md)
         if not (d / MANIFEST).exists():
+            parts = sorted(p.parent for p in (d / "train").glob(f"rank*of*/{MANIFEST}"))
+            if parts:  # torchrun harvested it: one part per rank, each with its own token rows
+                raise UserError(f"{d} was harvested by {len(parts)} ranks (torchrun), one cache per rank; "
+                                f"pass one of them, e.g. --cache {parts[0]}")
             raise UserError(f"no activation cache in {d} (no {MANIFEST}); harvest it first")
         m = read_json(d / MANIFEST)
         if not m.get("complete"):

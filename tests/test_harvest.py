@@ -87,6 +87,18 @@ def test_cache_round_trip(lm, tmp_path):
     idx = shard["index"][:5]
     rows = shard["rows"].reshape(-1)
     assert rows.numel() >= int(idx.max()) + 1
+    # a torchrun run's data.cache holds one part per rank: opening it names one to pass
+    import shutil
+
+    import pytest
+
+    from sae.errors import UserError
+    split = tmp_path / "run-cache"
+    for r in range(2):
+        shutil.copytree(tmp_path / "cache", split / "train" / f"rank{r}of2")
+    with pytest.raises(UserError, match=r"2 ranks .*--cache .*rank0of2"):
+        ActivationCache.open(split)
+    assert ActivationCache.open(split / "train" / "rank1of2").n_tokens == m["n_tokens"]
 
 
 def test_in_background_keeps_order_raises_and_stops():
