@@ -92,7 +92,7 @@ class ActivationCache:
         if not (d / MANIFEST).exists() and (d / "train" / MANIFEST).exists():
             d = d / "train"  # a training run's data.cache: its training activations (docs/formats.md)
         if not (d / MANIFEST).exists():
-            parts = sorted(p.parent for p in (d / "train").glob(f"rank*of*/{MANIFEST}"))
+            parts = sorted(p.parent for p in [*d.glob(f"rank*of*/{MANIFEST}"), *(d / "train").glob(f"rank*of*/{MANIFEST}")])
             if parts:  # torchrun harvested it: one part per rank, each with its own token rows
                 raise UserError(f"{d} was harvested by {len(parts)} ranks (torchrun), one cache per rank; "
                                 f"pass one of them, e.g. --cache {parts[0]}")

@@ -1,5 +1,6 @@
 """torch.distributed for data-parallel SAE training, launched by torchrun on the `emosae train`
-entry point: NCCL on GPUs, gloo on CPU. With one process every helper is a no-op."""
+entry point: NCCL on GPUs (with gloo beside it for CPU tensors and objects), gloo on CPU. With
+one process every helper is a no-op."""
 
 from __future__ import annotations
 
@@ -70,10 +71,13 @@ def init_from_env(device_type: str) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_type == "cuda":
+        torch.cuda.set_device(local)  # else every rank's NCCL work would start on GPU 0
     owns = not dist.is_initialized()
-    if owns:
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owns)
+    if owns:  # NCCL for CUDA tensors; gloo for the CPU ones (step counts, cached batches, pickled state)
+        dist.init_process_group(backend="cpu:gloo,cuda:nccl" if device_type == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), local, owns)
 
 
 def shutdown(d: Dist) -> None:

@@ -220,13 +220,13 @@ class CacheSource:
 
 # --- stream mode -------------------------------------------------------------------------------
 def buffer_device(device: torch.device, capacity: int, width: int) -> torch.device:
-    """Where the stream shuffle buffer lives: on the GPU when three copies of it (the buffer and
-    what one shuffle gathers and keeps) fit in a fifth of its memory, so activations never make a
-    round trip through host memory; else (the presets' 1M-token buffers of a 4096-wide model) in
-    host memory. CPU runs: host memory."""
+    """Where the stream shuffle buffer lives: on the GPU when four copies of this rank's buffer (a
+    resumed one is allocated at twice its capacity, plus what one shuffle gathers and keeps) fit in
+    a fifth of its memory, so activations never make a round trip through host memory; else (a
+    1M-token buffer of a 4096-wide model on one GPU) in host memory. CPU runs: host memory."""
     if device.type != "cuda":
         return torch.device("cpu")
-    need = 3 * capacity * width * 4
+    need = 4 * capacity * width * 4
     return device if need <= torch.cuda.get_device_properties(device).total_memory // 5 else torch.device("cpu")
 
 
@@ -311,7 +311,10 @@ class StreamSource:
         return min(1.0, self.lm_batches / max(1, self.n_lm_batches))
 
     def state_dict(self) -> dict:
-        return {"kind": "stream", "lm_batches": self.lm_batches, "pending": self.pending,
+        # host copies of just the pending rows: each is a view of one shuffle's whole output (on the GPU
+        # when the buffer is), which pickle (all_gather_object under torchrun) would copy once per view
+        pending = [{h: t.to("cpu", copy=True) for h, t in b.items()} for b in self.pending]
+        return {"kind": "stream", "lm_batches": self.lm_batches, "pending": pending,
                 "buffer": self.buffer.state_dict() if self.buffer.rows else None}
 
     def load_state_dict(self, s: dict) -> None:

@@ -249,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (every tool, the limit included)")
     p.add_argument("--autocast", default="off", choices=("off", "bf16"),
-                   help="emosae's LM forward (default off: float32 like the others; bf16 is emosae's GPU default)")
+                   help="emosae's LM forward (default off: float32 like the others; bf16 is emosae's GPU default; "
+                        "the limit stays float32, so its ratio is then not like for like)")
     p.add_argument("--hook", default="blocks.15.hook_resid_post")
     p.add_argument("--dataset", default=str(ROOT / "labeling" / "data" / "general_corpus.jsonl.gz"))
     p.add_argument("--tokens", type=int, default=197_000, help="training text tokens (all tools)")

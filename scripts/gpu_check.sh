@@ -17,6 +17,7 @@
 set -uo pipefail
 OUT=${1:?usage: scripts/gpu_check.sh OUTDIR [WORKDIR]}
 WORK=${2:-$(mktemp -d)}
+mkdir -p "$OUT" "$WORK" && OUT=$(cd "$OUT" && pwd) && WORK=$(cd "$WORK" && pwd)  # before the cd below
 PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
 TRAIN_SMALL=() BENCH_SIZE=(--tokens 290000 --repeat 3)
@@ -49,7 +50,7 @@ step() {
 'gpu', torch.cuda.is_available() and torch.cuda.get_device_name(0), 'transformers', transformers.__version__)"; } >>"$LOG" 2>&1
 
 step tests 300 $PY -m pytest -q -p no:cacheprovider -m cuda -rs tests/test_cuda.py tests/test_train_kernels.py
-tail -3 "$LOG" | grep -E "passed|failed|error" >>"$OUT/steps.txt"
+tail -3 "$LOG" | grep -E "passed|failed|error|skipped" >>"$OUT/steps.txt"
 
 RUN=$WORK/demo
 step train 240 $PY -m sae.cli train --config configs/demo-cpu.yaml --run "$RUN" --set "model.device=$DEVICE" \

@@ -19,7 +19,7 @@ def pytest_collection_modifyitems(config, items):
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (run by scripts/gpu_check.sh on one)")
     for item in items:
-        if "cuda" in item.keywords:
+        if item.get_closest_marker("cuda"):  # the marker, not any keyword (a parametrize id "cuda" is one)
             item.add_marker(skip)
 
 

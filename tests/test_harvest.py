@@ -96,8 +96,9 @@ def test_cache_round_trip(lm, tmp_path):
     split = tmp_path / "run-cache"
     for r in range(2):
         shutil.copytree(tmp_path / "cache", split / "train" / f"rank{r}of2")
-    with pytest.raises(UserError, match=r"2 ranks .*--cache .*rank0of2"):
-        ActivationCache.open(split)
+    for given in (split, split / "train"):
+        with pytest.raises(UserError, match=r"2 ranks .*--cache .*rank0of2"):
+            ActivationCache.open(given)
     assert ActivationCache.open(split / "train" / "rank1of2").n_tokens == m["n_tokens"]
 
 
