@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import io
 import json
 import pstats
 import statistics
@@ -73,7 +74,8 @@ def profile_train(config: str, device: str, overrides: list[str], top: int) -> s
         wall = time.perf_counter() - t0
     out = [f"train: {wall:.1f}s wall, {m['tokens']} tokens, {m['steps']} steps, training loop {m['seconds']:.1f}s"]
     for key in ("cumulative", "tottime"):
-        s = pstats.Stats(prof, stream=(buf := __import__("io").StringIO()))
+        buf = io.StringIO()
+        s = pstats.Stats(prof, stream=buf)
         s.sort_stats(key).print_stats(top)
         out.append(f"--- by {key}\n" + "\n".join(buf.getvalue().splitlines()[6:]))
     return "\n".join(out)
